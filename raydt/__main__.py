@@ -1,0 +1,3 @@
+from raydt.cli import main
+
+raise SystemExit(main())

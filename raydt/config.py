@@ -1,0 +1,535 @@
+"""Run configuration: one frozen dataclass tree and a strict YAML loader.
+
+A spec is a YAML file of sections (``data:``, ``model:``, …) whose leaves are fields below.
+``extends:`` names parent specs (paths relative to the file) that are merged first; keys may
+be nested or dotted (``optim.lr: 3e-4``); overrides (``--set optim.lr=3e-4``, and later the
+values a sweep samples) go through the same path. Values are coerced to the declared type
+(YAML reads ``1e-4`` as a string; here it becomes a float) and anything unknown or
+ill-typed fails with the file, the key path, what was expected and the valid choices.
+
+Defaults live here and only here: they are Reid et al.'s Gym settings (Table 7 and the
+released code, see REFERENCE in the docs). Specs in ``tune_specs/`` are deltas.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from raydt.errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# Field helpers: a validity check travels in the field's metadata so that the loader can
+# name the file and key of a bad value.
+
+
+def _checked(default: Any, predicate: Callable[[Any], bool], expected: str) -> Any:
+    return field(default=default, metadata={"check": (predicate, expected)})
+
+
+def positive(default: Any) -> Any:
+    return _checked(default, lambda v: v > 0, "a number > 0")
+
+
+def nonnegative(default: Any) -> Any:
+    return _checked(default, lambda v: v >= 0, "a number >= 0")
+
+
+def optional_positive(default: Any = None) -> Any:
+    return _checked(default, lambda v: v is None or v > 0, "null or a number > 0")
+
+
+# --------------------------------------------------------------------------------------
+# The tree. Every leaf has a docstring right below it; `raydt spec show --doc` prints them.
+
+SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
+    # name: (embedding dim, heads, layers); Reid et al. Table 9 and Table 7.
+    "dt": (128, 1, 3),
+    "3m": (256, 4, 4),
+    "18m": (512, 8, 6),
+    "84m": (768, 12, 12),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where trajectories come from and how training windows are cut."""
+
+    dataset: str = "generated:hopper-medium"
+    """Dataset URI: d4rl:NAME or d4rl:/path.hdf5, minari:ID, generated:TASK-QUALITY[?steps=N&seed=S&env=v4|v5]."""
+    context_length: int = positive(20)
+    """K: timesteps per training window; the model sees 3K tokens (Reid Table 7: 20)."""
+    reward_scale: float = positive(0.001)
+    """Factor applied to returns-to-go before they enter the model (DT: 1/1000)."""
+    normalize_states: bool = True
+    """Standardise states with the dataset's mean and standard deviation."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The Decision Transformer and its backbone."""
+
+    size: Literal["dt", "3m", "18m", "84m"] = "dt"
+    """Size preset: dt 128/1/3 (~600K), 3m 256/4/4, 18m 512/8/6, 84m 768/12/12 (dim/heads/layers)."""
+    n_embd: int | None = optional_positive()
+    """Embedding dimension; null takes the size preset's."""
+    n_head: int | None = optional_positive()
+    """Attention heads; null takes the size preset's."""
+    n_layer: int | None = optional_positive()
+    """Transformer blocks; null takes the size preset's."""
+    backbone: str = "random"
+    """'random' (fresh init of the chosen size), a GPT-2 hub id such as 'gpt2', or a local model directory."""
+    dropout: float = _checked(0.2, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    """Dropout on embeddings, attention and residuals (Reid Table 7: 0.2)."""
+    activation: Literal["relu", "gelu_new"] = "relu"
+    """MLP activation of a randomly initialised backbone (Reid Table 7: ReLU)."""
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(n_embd, n_head, n_layer) after applying explicit values over the preset."""
+        preset = SIZE_PRESETS[self.size]
+        return (
+            self.n_embd or preset[0],
+            self.n_head or preset[1],
+            self.n_layer or preset[2],
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up, as in the released code."""
+
+    lr: float = positive(1e-4)
+    """Peak learning rate (Reid Table 7: 1e-4)."""
+    weight_decay: float = nonnegative(1e-4)
+    """AdamW weight decay (released code: 1e-4)."""
+    warmup_steps: int = nonnegative(5000)
+    """Steps of linear learning-rate warm-up from 0 (Reid Table 7: 5000)."""
+    grad_clip: float = nonnegative(0.25)
+    """Maximum global gradient norm; 0 disables clipping (released code: 0.25)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The length and rhythm of one fine-tuning run."""
+
+    steps: int = positive(100_000)
+    """Gradient steps in total (Reid: 100k)."""
+    batch_size: int = positive(64)
+    """Windows per step, summed over all workers (Reid Table 7: 64)."""
+    eval_every: int = positive(5000)
+    """Steps between evaluations (Reid: 5000)."""
+    seed: int = nonnegative(0)
+    """Seed of everything random in the run: sampling, initialisation, environments."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Return-conditioned rollouts on the simulator."""
+
+    episodes: int = positive(10)
+    """Episodes per target return (Reid: 10)."""
+    target_returns: tuple[float, ...] | None = None
+    """Returns to condition on; null takes the task's (hopper 3600/1800, halfcheetah 6000/12000, walker2d 5000/2500)."""
+    env_id: str | None = None
+    """gymnasium environment id; null takes the one the dataset records."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the auxiliary objectives of Reid et al. (L = L_action + λ1·L_cos + λ2·L_LM)."""
+
+    lambda1: float = nonnegative(0.0)
+    """λ1: weight of the cosine similarity of input embeddings to language-embedding clusters."""
+    lambda2: float = nonnegative(0.0)
+    """λ2: weight of the language-modelling co-training loss."""
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Processes and devices of one run."""
+
+    num_workers: int = positive(1)
+    """Ray Train workers (DDP processes) for this run."""
+    use_gpu: bool = False
+    """Give each worker one GPU (NCCL); otherwise CPU workers (gloo)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one fine-tuning run."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    loss: LossConfig = LossConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+# --------------------------------------------------------------------------------------
+# Introspection
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass: the string literal right after each field."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def leaf_fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Every leaf of the tree as ``dotted key → (type, docstring)``."""
+    out: dict[str, tuple[Any, str]] = {}
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_section(tp):
+            out.update(leaf_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = (tp, docs.get(f.name, ""))
+    return out
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of a declared type for error messages."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is tuple:
+        return f"a list of {type_name(args[0])}"
+    return {bool: "true|false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Coercion by declared type
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except _Invalid:
+                pass
+        raise _Invalid
+    if origin is Literal:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # `size: 3m` is a string, but `--set x=18` arrives as an int
+        if value in args:
+            return value
+        raise _Invalid
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(v, args[0]) for v in items)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise _Invalid
+    if tp is int:
+        if isinstance(value, bool):
+            raise _Invalid
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                value = float(value.replace("_", ""))
+            except ValueError:
+                raise _Invalid from None
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise _Invalid
+    if tp is float:
+        if isinstance(value, bool):
+            raise _Invalid
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.replace("_", ""))
+            except ValueError:
+                raise _Invalid from None
+        raise _Invalid
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Invalid
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in the tree, not user input
+
+
+# --------------------------------------------------------------------------------------
+# Raw specs: nested dicts plus where each leaf came from
+
+
+@dataclass
+class RawSpec:
+    """A merged, not yet typed spec: nested values and the source of every leaf."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    """Nested mapping of sections to leaves."""
+    origins: dict[str, str] = field(default_factory=dict)
+    """Dotted key → the file (or ``--set``) that set it last."""
+
+
+def _expand_dotted(mapping: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """Turn ``{"optim.lr": 1}`` and ``{"optim": {"lr": 1}}`` into the same nested dict."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: key {prefix}{key!r} is not a string")
+        head, *rest = key.split(".")
+        if rest:
+            value = {".".join(rest): value}
+        if isinstance(value, Mapping):
+            value = _expand_dotted(value, source, f"{prefix}{head}.")
+            if isinstance(out.get(head), dict):
+                value = _merge(out[head], value)
+        out[head] = value
+    return out
+
+
+def _merge(base: dict[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _leaves(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _add(raw: RawSpec, delta: Mapping[str, Any], source: str) -> None:
+    nested = _expand_dotted(delta, source)
+    raw.values = _merge(raw.values, nested)
+    for key in _leaves(nested):
+        raw.origins[key] = source
+
+
+def read_spec(path: str | Path, sections: Sequence[str] = (), _chain: tuple[Path, ...] = ()) -> RawSpec:
+    """Read a spec file and its ``extends:`` parents into one :class:`RawSpec`.
+
+    ``sections`` names extra top-level sections a caller understands (a sweep's ``search:``
+    and ``tune:``); they are kept untyped.
+    """
+    path = Path(path)
+    where = " (extended from " + " → ".join(str(p) for p in _chain) + ")" if _chain else ""
+    if not path.is_file():
+        raise ConfigError(f"spec file {path} not found{where}")
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " → ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"{path}: extends itself through {cycle}; remove one link of the cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a spec must be a mapping of sections, got {type(data).__name__}")
+    parents = data.pop("extends", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: 'extends' must be a path or a list of paths relative to the file")
+    raw = RawSpec()
+    for parent in parents:
+        sub = read_spec(path.parent / parent, sections, (*_chain, resolved))
+        raw.values = _merge(raw.values, sub.values)
+        raw.origins.update(sub.origins)
+    _add(raw, data, str(path))
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` → ``("optim.lr", "3e-4")`` with the value read as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example --set optim.lr=3e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def apply_overrides(raw: RawSpec, overrides: Mapping[str, Any] | Sequence[str], source: str = "--set") -> RawSpec:
+    """A copy of ``raw`` with dotted overrides applied (CLI ``--set`` or sampled trial values)."""
+    if not isinstance(overrides, Mapping):
+        overrides = dict(parse_override(item) for item in overrides)
+    out = RawSpec(dict(raw.values), dict(raw.origins))
+    for key, value in overrides.items():
+        _add(out, {key: value}, source)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Typed build
+
+
+def _suggest(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def build(cls: type, values: Mapping[str, Any], origins: Mapping[str, str], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from nested ``values``, coercing and checking each leaf."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            source = next(
+                (src for k, src in origins.items() if k == dotted or k.startswith(dotted + ".")),
+                "spec",
+            )
+            kind = "section" if not prefix else f"key in section '{prefix[:-1]}'"
+            raise ConfigError(
+                f"{source}: unknown {kind} '{dotted}'{_suggest(key, names)}; "
+                f"valid: {', '.join(names)}"
+            )
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        tp = _hints(cls)[f.name]
+        dotted = f"{prefix}{f.name}"
+        value = values[f.name]
+        source = origins.get(dotted, "spec")
+        if _is_section(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{source}: '{dotted}' is a section; give it as a mapping "
+                    f"(valid keys: {', '.join(x.name for x in dataclasses.fields(tp))})"
+                )
+            kwargs[f.name] = build(tp, value, origins, f"{dotted}.")
+            continue
+        try:
+            coerced = _coerce(value, tp)
+        except _Invalid:
+            raise ConfigError(
+                f"{source}: '{dotted}' = {value!r} is not valid; expected {type_name(tp)}"
+            ) from None
+        check = f.metadata.get("check")
+        if check is not None and not check[0](coerced):
+            raise ConfigError(f"{source}: '{dotted}' = {value!r} is not valid; expected {check[1]}")
+        kwargs[f.name] = coerced
+    return cls(**kwargs)
+
+
+def load_config(
+    path: str | Path,
+    overrides: Mapping[str, Any] | Sequence[str] = (),
+    cls: type = RunConfig,
+) -> Any:
+    """Read a spec file, apply overrides, and build a frozen ``cls`` (a :class:`RunConfig`)."""
+    raw = apply_overrides(read_spec(path), overrides)
+    return build(cls, raw.values, raw.origins)
+
+
+def config_from_dict(values: Mapping[str, Any], cls: type = RunConfig, source: str = "config") -> Any:
+    """Build a config from a nested (or dotted) mapping, e.g. one read back from a run directory."""
+    raw = RawSpec()
+    _add(raw, values, source)
+    return build(cls, raw.values, raw.origins)
+
+
+# --------------------------------------------------------------------------------------
+# Output
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain-Python form of a config (tuples become lists), ready for YAML or JSON."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def to_yaml(config: Any, doc: bool = False) -> str:
+    """The resolved config as YAML; with ``doc``, each leaf preceded by its docstring."""
+    if not doc:
+        return yaml.safe_dump(to_dict(config), sort_keys=False)
+    lines: list[str] = []
+
+    def emit(obj: Any, indent: str) -> None:
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                section_doc = (type(value).__doc__ or "").strip()
+                lines.append(f"{indent}{f.name}:" + (f"  # {section_doc}" if section_doc else ""))
+                emit(value, indent + "  ")
+                continue
+            lines.append(f"{indent}# {docs.get(f.name, '')}")
+            rendered = yaml.safe_dump(
+                {f.name: list(value) if isinstance(value, tuple) else value},
+                default_flow_style=True, width=10_000,
+            ).strip()
+            lines.append(f"{indent}{rendered[1:-1]}")
+
+    emit(config, "")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ values a sweep samples) go through the same path. Values are coerced to the decl
 ill-typed fails with the file, the key path, what was expected and the valid choices.
 
 Defaults live here and only here: they are Reid et al.'s Gym settings (Table 7 and the
-released code, see REFERENCE in the docs). Specs in ``tune_specs/`` are deltas.
+released code). Specs in ``tune_specs/`` are deltas over them.
 """
 
 from __future__ import annotations

@@ -135,6 +135,13 @@ def test_writer_round_trip_and_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.hdf5"]
 
 
+def test_writer_failing_midway_leaves_nothing(tmp_path):
+    arrays = {"observations": np.zeros((3, 2), np.float32), "actions": np.array([object(), 1, 2], dtype=object)}
+    with pytest.raises(TypeError):
+        write_d4rl_hdf5(tmp_path / "x.hdf5", arrays)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_d4rl_names_and_missing_file_message(tmp_path, monkeypatch):
     assert d4rl_filename("hopper-medium-replay-v2") == "hopper_medium_replay-v2.hdf5"
     with pytest.raises(DataError, match="quality in random, medium"):

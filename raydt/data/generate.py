@@ -56,10 +56,24 @@ MEDIUM_BAND = (0.3, 0.55)
 """Medium snapshots score within this fraction of the best snapshot's normalized score."""
 EXPERT_FRACTION = 0.9
 """Expert snapshots score at least this fraction of the best snapshot's normalized score."""
-MEDIUM_NOISE = (0.05, 0.4)
+MEDIUM_NOISE = (0.05, 0.2)
 """Range of the per-episode Gaussian action-noise scale of medium rollouts."""
-EXPERT_NOISE = 0.1
+EXPERT_NOISE = 0.05
 """Gaussian action-noise scale of expert rollouts."""
+
+# Where the dataset-average normalized return of each quality lands with the bundled
+# policies (measured on datasets from a few thousand steps to D4RL's sizes; the bands are
+# wide enough for the few episodes of a small file). D4RL for comparison: hopper random
+# 1, medium 44, medium-replay 15, expert 108.
+EXPECTED_NORMALIZED: dict[str, dict[str, tuple[float, float]]] = {
+    "hopper": {
+        "random": (0.0, 5.0),
+        "medium": (25.0, 55.0),
+        "medium-replay": (2.0, 30.0),
+        "expert": (70.0, 115.0),
+        "medium-expert": (45.0, 90.0),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,9 @@ def make_dataset(spec: GeneratedSpec, force: bool = False, log: Callable[[str], 
         if spec.quality == "medium-expert":
             half = spec.steps // 2
             parts = [_rollouts(spec, "medium", half, log), _rollouts(spec, "expert", spec.steps - half, log)]
+            # The medium part's last episode was cut by its budget: flag it as a time-out so
+            # that it does not run on into the first expert episode.
+            parts[0]["timeouts"][-1] = not parts[0]["terminals"][-1]
             arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         else:
             arrays = _rollouts(spec, spec.quality, spec.steps, log)
@@ -336,7 +353,18 @@ def make_dataset(spec: GeneratedSpec, force: bool = False, log: Callable[[str], 
         }
         write_d4rl_hdf5(path, arrays, env_id=spec.env_id, metadata=metadata)
         log(f"wrote {path} in {time.time() - started:.1f}s")
+        _check_band(spec, read_d4rl_hdf5(path), log)
     return path
+
+
+def _check_band(spec: GeneratedSpec, traj: Trajectories, log: Callable[[str], None]) -> None:
+    """Say so when a dataset's average score leaves its quality's usual band (new policies?)."""
+    band = EXPECTED_NORMALIZED.get(spec.task, {}).get(spec.quality)
+    score = traj.info().get("normalized_return_mean")
+    if band is None or score is None:
+        return
+    verdict = "within" if band[0] <= score <= band[1] else "OUTSIDE"
+    log(f"normalized return mean {score:.1f}, {verdict} the usual {spec.quality} band {band}")
 
 
 @contextlib.contextmanager

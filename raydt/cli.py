@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
     info = load_dataset(args.uri, log=_log).info()
     if args.json:
-        print(json.dumps(info, allow_nan=False, default=str) if _finite(info) else json.dumps(info))
+        print(json.dumps(info))
         return 0
     rows = [
         ("source", info["source"]),
@@ -60,10 +59,6 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
-
-
-def _finite(info: dict[str, Any]) -> bool:
-    return all(not (isinstance(v, float) and not math.isfinite(v)) for v in info.values())
 
 
 def cmd_data_make(args: argparse.Namespace) -> int:

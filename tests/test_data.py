@@ -11,7 +11,7 @@ import torch
 from raydt.data.d4rl import d4rl_filename, fetch_d4rl, read_d4rl_hdf5, write_d4rl_hdf5
 from raydt.data.sampler import ACTION_PAD, WindowSampler
 from raydt.data.sources import load_dataset, split_uri
-from raydt.data.tasks import TASKS, get_task, task_from_env_id
+from raydt.data.tasks import TASKS, get_task, make_env, task_from_env_id
 from raydt.data.trajectories import Trajectories, episode_bounds, returns_to_go
 from raydt.errors import DataError
 
@@ -112,6 +112,13 @@ def test_d4rl_reader_rejects_missing_keys_and_inconsistent_lengths(tmp_path):
         f["rewards"] = np.zeros(5)
         f["terminals"] = np.zeros(6)
     with pytest.raises(DataError, match="inconsistent lengths: observations has 5, actions has 4, terminals has 6"):
+        read_d4rl_hdf5(path)
+    with h5py.File(path, "w") as f:
+        for key in ("observations", "actions"):
+            f[key] = np.zeros((0, 2))
+        f["rewards"] = np.zeros(0)
+        f["terminals"] = np.zeros(0)
+    with pytest.raises(DataError, match="holds no transitions"):
         read_d4rl_hdf5(path)
     (tmp_path / "junk.hdf5").write_text("not hdf5")
     with pytest.raises(DataError, match="cannot read"):
@@ -269,12 +276,11 @@ def test_sampler_is_seeded():
 
 
 def test_minari_dataset_written_in_the_test_loads_with_right_counts():
-    import gymnasium as gym
     import minari
     from minari.data_collector import EpisodeBuffer
 
     rng = np.random.default_rng(5)
-    env = gym.make("Hopper-v4")
+    env = make_env("Hopper-v4")
     lengths = [5, 9, 3]
     buffers = []
     for i, n in enumerate(lengths):

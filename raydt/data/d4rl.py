@@ -123,6 +123,8 @@ def read_d4rl_hdf5(path: str | Path, source: str | None = None) -> Trajectories:
         if wrong:
             detail = ", ".join(f"{key} has {length}" for key, length in wrong.items())
             raise DataError(f"{label}: {path} has inconsistent lengths: observations has {n}, {detail}")
+        if n == 0:
+            raise DataError(f"{label}: {path} holds no transitions")
         if f["observations"].ndim != 2:
             raise DataError(f"{label}: observations must be (N, obs_dim), got shape {f['observations'].shape}")
         arrays = {key: f[key][()] for key in keys}

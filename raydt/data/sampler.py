@@ -47,8 +47,6 @@ class WindowSampler:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
-        if traj.num_steps == 0:
-            raise ValueError(f"dataset {traj.source} has no transitions")
         self.context_length = context_length
         self.device = torch.device(device)
         if normalize_states:

@@ -84,6 +84,8 @@ class Trajectories:
         self.rewards = np.ascontiguousarray(self.rewards, dtype=np.float32).reshape(-1)
         self.terminals = np.asarray(self.terminals, dtype=bool).reshape(-1)
         n = self.observations.shape[0]
+        if n == 0:
+            raise ValueError(f"dataset {self.source} holds no transitions")
         for name in ("actions", "rewards", "terminals"):
             if getattr(self, name).shape[0] != n:
                 raise ValueError(f"{name} has {getattr(self, name).shape[0]} rows, observations {n}")
@@ -93,7 +95,7 @@ class Trajectories:
         self.episode_ids = segment_ids(self.lengths)  # (N,)
         self.timesteps = np.arange(n, dtype=np.int64) - np.repeat(self.starts, self.lengths)  # (N,)
         self.returns_to_go = returns_to_go(self.rewards, self.lengths)  # (N,) float64
-        self.episode_returns = self.returns_to_go[self.starts] if n else np.zeros(0)  # (E,)
+        self.episode_returns = self.returns_to_go[self.starts]  # (E,)
 
     @classmethod
     def from_flags(cls, observations, actions, rewards, terminals, timeouts=None, **kwargs) -> Trajectories:
@@ -141,16 +143,16 @@ class Trajectories:
             "num_steps": self.num_steps,
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
-            "return_mean": float(returns.mean()) if returns.size else float("nan"),
-            "return_std": float(returns.std()) if returns.size else float("nan"),
-            "return_min": float(returns.min()) if returns.size else float("nan"),
-            "return_max": float(returns.max()) if returns.size else float("nan"),
-            "episode_length_mean": float(self.lengths.mean()) if self.lengths.size else float("nan"),
+            "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()),
+            "return_min": float(returns.min()),
+            "return_max": float(returns.max()),
+            "episode_length_mean": float(self.lengths.mean()),
             "num_terminal_episodes": int(self.terminals.sum()),
             "truncated_tail": self.truncated_tail,
         }
         task = self.task
-        if task is not None and returns.size:
+        if task is not None:
             scores = task.normalized_score(returns)
             out["task"] = task.name
             out["normalized_return_mean"] = float(scores.mean())

@@ -58,14 +58,19 @@ def test_every_task_ships_policies_with_medium_and_expert_snapshots():
         assert bank.policies[0].weights.shape == (TASKS[name].act_dim, TASKS[name].obs_dim)
 
 
-@pytest.mark.parametrize("quality", QUALITIES)
-def test_made_hopper_data_lies_in_the_quality_band(quality):
+def test_every_task_and_quality_has_a_band():
+    assert set(EXPECTED_NORMALIZED) == set(TASKS)
+    assert all(set(bands) == set(QUALITIES) for bands in EXPECTED_NORMALIZED.values())
+
+
+@pytest.mark.parametrize("task, quality", [(t, q) for t in EXPECTED_NORMALIZED for q in QUALITIES])
+def test_made_data_lies_in_the_quality_band(task, quality):
     steps = 6000
-    path = make_dataset(parse_generated(f"hopper-{quality}?steps={steps}"), log=lambda _: None)
+    path = make_dataset(parse_generated(f"{task}-{quality}?steps={steps}"), log=lambda _: None)
     traj = read_d4rl_hdf5(path)
     assert traj.num_steps == steps
-    assert traj.env_id == "Hopper-v4"
-    lo, hi = EXPECTED_NORMALIZED["hopper"][quality]
+    assert traj.env_id == TASKS[task].env_id("v4")
+    lo, hi = EXPECTED_NORMALIZED[task][quality]
     score = traj.info()["normalized_return_mean"]
     assert lo <= score <= hi, f"{quality}: {score:.1f} outside [{lo}, {hi}]"
     with h5py.File(path) as f:  # the full D4RL layout, so other D4RL tools read it too

@@ -95,6 +95,41 @@ def cmd_data_train_policy(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# train / eval
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raydt.config import load_config
+    from raydt.train.driver import run_training
+
+    config = load_config(args.spec, args.set)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    metrics = run_training(
+        config, run_dir, use_ray=not args.no_ray, resume=args.resume, overwrite=args.overwrite,
+        address=args.address, log=_log,
+    )
+    summary = {k: metrics[k] for k in ("eval/normalized_score", "eval/best_normalized_score",
+                                       "eval/return_mean", "perf/train_seconds") if k in metrics}
+    print(json.dumps({"run_dir": str(run_dir), "step": metrics.get("step"), **summary}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from raydt.eval.saved import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(
+        Path(args.checkpoint), episodes=args.episodes, targets=args.target, seed=args.seed, log=_log
+    )
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     train_policy.add_argument("--env-steps", type=int, default=None, help="training budget in env steps")
     train_policy.add_argument("--out", default=None, help="output .npz (default: the packaged file)")
     train_policy.set_defaults(func=cmd_data_train_policy)
+
+    train = sub.add_parser("train", help="fine-tune one Decision Transformer (Ray Train, or in-process)")
+    train.add_argument("spec", help="run spec YAML")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key, e.g. --set train.steps=5000 (repeatable)")
+    train.add_argument("--out", default=None, help="run directory (default runs/<spec name>)")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in the directory")
+    train.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray")
+    train.add_argument("--address", default=None, help="Ray cluster to join (auto on a cluster head)")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a saved run on the simulator")
+    ev.add_argument("checkpoint", help="a run directory or a checkpoint .pt file")
+    ev.add_argument("--episodes", type=int, default=None, help="episodes per target (default: the run's)")
+    ev.add_argument("--target", type=float, action="append", default=None, help="target return (repeatable)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

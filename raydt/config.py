@@ -133,6 +133,10 @@ class TrainConfig:
     """Steps between evaluations (Reid: 5000)."""
     seed: int = nonnegative(0)
     """Seed of everything random in the run: sampling, initialisation, environments."""
+    log_every: int = positive(100)
+    """Steps between training-metric logs (the only host syncs of the inner loop)."""
+    early_stop_patience: int = nonnegative(0)
+    """Stop after this many evaluations without a new best score; 0 never stops early."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,40 @@
+"""Evaluating a saved run: rebuild the model from its checkpoint alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from raydt.eval.rollout import evaluate
+from raydt.model.build import rebuild_model
+from raydt.model.dt import ModelArgs
+from raydt.train.checkpoint import load_checkpoint
+
+
+def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """The model stored in ``checkpoint`` (a file or run directory) and the raw payload."""
+    payload = load_checkpoint(checkpoint, map_location=device)
+    model = rebuild_model(ModelArgs(**payload["model_args"]))
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), payload
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    episodes: int | None = None,
+    targets: Sequence[float] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    model, payload = load_model(checkpoint, device)
+    episodes = episodes or int(payload["config"]["eval"]["episodes"])
+    targets = list(targets or payload["target_returns"])
+    log(f"evaluating step {payload['step']} on {payload['env_id']}: {episodes} episodes × targets {targets}")
+    metrics, _ = evaluate(
+        model, payload["env_id"], targets, episodes, seed,
+        payload["state_mean"].numpy(), payload["state_std"].numpy(), float(payload["reward_scale"]), device,
+    )
+    return {"step": int(payload["step"]), **metrics}

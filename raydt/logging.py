@@ -1,0 +1,119 @@
+"""Metric sinks: ``metrics.jsonl`` beside TensorBoard events, same tags in both.
+
+Tags are namespaced and stable (``train/``, ``eval/``, ``perf/``); ``docs/metrics.md`` is
+the glossary. The training loop talks to a :class:`Sink`; tests use :class:`NullSink` or
+read the JSONL file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class Sink:
+    """Where metrics go. The base class drops everything."""
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record ``metrics`` at training step ``step``."""
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """Record the run's hyper-parameters against its final metrics."""
+
+    def close(self) -> None:
+        """Flush and release files."""
+
+
+NullSink = Sink
+
+
+class JsonlSink(Sink):
+    """One JSON object per logging step: ``{"step": 100, "train/loss": 0.3, ...}``."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            truncate_jsonl(self.path, resume_step)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._file = open(self.path, "a")
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _plain(value: Any) -> Any:
+    value = float(value) if hasattr(value, "__float__") and not isinstance(value, (int, bool)) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN; keep the fact visible
+    return value
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop rows after ``last_step`` (a resumed run re-logs them), atomically."""
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut off by a crash: nothing after it is trustworthy
+            if row.get("step", 0) > last_step:
+                break
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl`` file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class TensorBoardSink(Sink):
+    """Scalars and an HParams entry in ``log_dir``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, float(value), global_step=step)
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        # run_name="." keeps the HParams entry in this run's directory, not a timestamped one.
+        self.writer.add_hparams(clean, {f"hparams/{k}": float(v) for k, v in metrics.items()}, run_name=".")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MultiSink(Sink):
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        for sink in self.sinks:
+            sink.log(step, metrics)
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        for sink in self.sinks:
+            sink.hparams(params, metrics)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,91 @@
+"""The Decision Transformer (Chen et al. 2021) over a GPT-2-family backbone.
+
+Follows ``gym/decision_transformer/models/decision_transformer.py`` of the original code:
+linear embeddings of return-to-go, state and action, a learned timestep embedding added to
+each, tokens interleaved as (R̂_1, s_1, a_1, R̂_2, …), one LayerNorm, a causal transformer,
+and the action read from each state token's hidden state (tanh for continuous actions).
+Pure PyTorch: no I/O, no logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Everything needed to rebuild a model from a checkpoint (stored beside its weights)."""
+
+    obs_dim: int
+    act_dim: int
+    n_embd: int
+    context_length: int
+    max_timestep: int
+    """Size of the timestep table; later steps reuse the last entry."""
+    backbone_source: str
+    """'random' or the hub id / directory the backbone weights first came from."""
+    backbone_config: dict[str, Any] = field(default_factory=dict)
+    """The backbone's Hugging Face config, so a checkpoint rebuilds it without the source."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DecisionTransformer(nn.Module):
+    """Predicts a_t from (R̂, s, a) tokens up to s_t."""
+
+    def __init__(self, args: ModelArgs, backbone: nn.Module) -> None:
+        super().__init__()
+        self.args = args
+        h = args.n_embd
+        self.embed_timestep = nn.Embedding(args.max_timestep, h)
+        self.embed_return = nn.Linear(1, h)
+        self.embed_state = nn.Linear(args.obs_dim, h)
+        self.embed_action = nn.Linear(args.act_dim, h)
+        self.embed_ln = nn.LayerNorm(h)
+        self.backbone = backbone
+        self.predict_action = nn.Sequential(nn.Linear(h, args.act_dim), nn.Tanh())
+
+    def embed(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings fed to the backbone and their attention mask.
+
+        states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K),
+        mask (B, K) → embeddings (B, 3K, h), mask (B, 3K).
+        """
+        b, k, _ = states.shape
+        timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
+        time = self.embed_timestep(timesteps)  # (B, K, h)
+        r = self.embed_return(returns_to_go) + time  # (B, K, h)
+        s = self.embed_state(states) + time  # (B, K, h)
+        a = self.embed_action(actions) + time  # (B, K, h)
+        # Interleave per step: (B, K, 3, h) → (B, 3K, h) = R̂_1, s_1, a_1, R̂_2, ...
+        tokens = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.args.n_embd)
+        tokens = self.embed_ln(tokens)
+        token_mask = mask.repeat_interleave(3, dim=1)  # (B, 3K)
+        return tokens, token_mask
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predicted actions (B, K, act), one per step, each from its state token."""
+        b, k, _ = states.shape
+        tokens, token_mask = self.embed(states, actions, returns_to_go, timesteps, mask)
+        hidden = self.backbone(inputs_embeds=tokens, attention_mask=token_mask.long()).last_hidden_state
+        hidden = hidden.reshape(b, k, 3, self.args.n_embd)  # (B, K, 3, h)
+        return self.predict_action(hidden[:, :, 1])  # (B, K, act) from s_t tokens

@@ -1,0 +1,64 @@
+"""Starting a run: check everything cheap first, then train in-process or on Ray Train."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from raydt.config import RunConfig
+from raydt.errors import RaydtError
+from raydt.train.checkpoint import LAST
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a finished or running run unless asked to."""
+    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints" / LAST).exists()
+    if resume:
+        if not (run_dir / "checkpoints" / LAST).exists():
+            raise RaydtError(f"--resume: {run_dir} holds no checkpoint (checkpoints/{LAST}); run without --resume")
+        return
+    if has_run and not overwrite:
+        raise RaydtError(
+            f"{run_dir} already holds a run; continue it with --resume, pick another directory "
+            "with --out, or replace it with --overwrite"
+        )
+    if has_run:
+        for name in ("checkpoints", "ray_train"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for path in [run_dir / "metrics.jsonl", *run_dir.glob("events.out.tfevents.*")]:
+            path.unlink(missing_ok=True)
+
+
+def run_training(
+    config: RunConfig,
+    run_dir: Path,
+    use_ray: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir``; bad input fails here, before Ray or a model starts."""
+    from raydt.train.loop import RunContext, fit, resolve_run_data
+
+    prepare_run_dir(run_dir, resume, overwrite)
+    if config.resources.use_gpu:
+        import torch
+
+        if not use_ray and not torch.cuda.is_available():
+            raise RaydtError("resources.use_gpu=true but no CUDA device is visible; set resources.use_gpu=false")
+    resolve_run_data(config, log=log)  # makes/loads the dataset and settles env and targets
+    if not use_ray:
+        if config.resources.num_workers > 1:
+            raise RaydtError(
+                f"resources.num_workers={config.resources.num_workers} needs Ray Train; "
+                "drop --no-ray or set resources.num_workers=1"
+            )
+        import torch
+
+        device = torch.device("cuda" if config.resources.use_gpu else "cpu")
+        return fit(config, run_dir, RunContext(device=device, log=log), resume=resume)
+    from raydt.train.worker import run_with_ray
+
+    return run_with_ray(config, run_dir, resume=resume, address=address)

@@ -1,0 +1,348 @@
+"""One fine-tuning run in plain PyTorch: optimizer, schedule, step, evaluation, checkpoints.
+
+No Ray here. :func:`fit` runs in-process (``raydt train --no-ray``) or inside each Ray Train
+worker (``raydt/train/worker.py``), which passes a :class:`RunContext` with its rank and a
+``report`` callback. Every rank steps, logs and reaches evaluation points on the same
+schedule; rank 0 evaluates, writes the sinks and checkpoints, and its early-stopping
+decision is broadcast so all ranks stop at the same step.
+
+Defaults and their sources are in :mod:`raydt.config` (Reid et al. Table 7 and the released
+code): AdamW, linear warm-up, global-norm clipping, masked MSE on actions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from raydt.config import RunConfig, to_dict, to_yaml
+from raydt.data.sampler import Batch, WindowSampler
+from raydt.data.trajectories import Trajectories
+from raydt.data.sources import load_dataset
+from raydt.data.tasks import task_from_env_id
+from raydt.errors import ConfigError, RaydtError
+from raydt.eval.rollout import evaluate
+from raydt.logging import JsonlSink, MultiSink, Sink, TensorBoardSink
+from raydt.model.backbone import strip_prefixes
+from raydt.model.build import build_model
+from raydt.model.dt import DecisionTransformer
+from raydt.train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+Report = Callable[[int, dict[str, float], "Path | None"], None]
+
+
+@dataclass
+class RunContext:
+    """Where this process sits in a (possibly distributed) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    report: Report | None = None
+    """Called on every rank at every evaluation with (step, metrics, checkpoint path or None)."""
+    log: Callable[[str], None] = print
+    """Human-readable progress lines (rank 0 only)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over real (unpadded) steps: pred/target (B, K, act), mask (B, K) → scalar."""
+    err = (pred - target).square().mean(dim=-1)  # (B, K)
+    weight = mask.to(err.dtype)
+    return (err * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """DT's schedule: the learning rate rises linearly to its peak over ``warmup_steps``."""
+    return lambda step: min((step + 1) / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+
+
+@dataclass
+class RunData:
+    """The dataset of a run and what follows from it."""
+
+    trajectories: Trajectories
+    env_id: str
+    """Evaluation environment: eval.env_id, else the one the dataset records."""
+    targets: tuple[float, ...]
+    """Evaluation targets: eval.target_returns, else the task's."""
+    max_timestep: int
+    """Size of the timestep table: the longest episode of data or environment."""
+
+
+def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunData:
+    """Load the dataset and settle the evaluation environment and targets, or fail clearly."""
+    traj = load_dataset(cfg.data.dataset, log=log)
+    env_id = cfg.eval.env_id or traj.env_id or ""
+    if not env_id:
+        raise ConfigError(
+            f"the dataset {cfg.data.dataset} does not say which environment it came from; "
+            "set eval.env_id (for example Hopper-v4)"
+        )
+    task = task_from_env_id(env_id)
+    if cfg.eval.target_returns:
+        targets = tuple(cfg.eval.target_returns)
+    elif task is not None:
+        targets = task.target_returns
+    else:
+        raise ConfigError(f"no default target returns for {env_id}; set eval.target_returns")
+    max_timestep = max(int(traj.timesteps.max()) + 1, task.max_episode_steps if task else 0)
+    return RunData(traj, env_id, targets, max_timestep)
+
+
+@dataclass
+class Trainer:
+    """The pieces of one run, built once; :meth:`fit` drives them."""
+
+    config: RunConfig
+    run_dir: Path
+    ctx: RunContext
+    model: DecisionTransformer = field(init=False)
+    module: nn.Module = field(init=False)
+    """The model as stepped: ``model`` itself, or its DDP wrapper."""
+    sampler: WindowSampler = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+    env_id: str = field(init=False)
+    targets: tuple[float, ...] = field(init=False)
+    step: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    best_score: float = -math.inf
+    evals_since_best: int = 0
+
+    def __post_init__(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        if cfg.train.batch_size % ctx.world_size:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} does not split evenly over "
+                f"resources.num_workers={ctx.world_size}"
+            )
+        data = resolve_run_data(cfg, log=ctx.log if ctx.rank == 0 else lambda _: None)
+        traj = data.trajectories
+        self.env_id, self.targets = data.env_id, data.targets
+
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        seed_everything(cfg.train.seed)
+        self.model, report = build_model(
+            cfg.model, traj.obs_dim, traj.act_dim, cfg.data.context_length, data.max_timestep
+        )
+        if ctx.rank == 0:
+            ctx.log(report.summary())
+        self.model.to(ctx.device)
+        self.module = self.model
+        if ctx.world_size > 1:
+            self.module = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+            )
+        # Different windows on every rank; the seed stays a function of (seed, rank).
+        self.sampler = WindowSampler(
+            traj, cfg.data.context_length, cfg.data.reward_scale, cfg.data.normalize_states,
+            device=ctx.device, seed=cfg.train.seed * 1009 + ctx.rank,
+        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.optim.warmup_steps))
+
+    # ----------------------------------------------------------------------------------
+
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (loss, pre-clip gradient norm) as device tensors."""
+        use_bf16 = self.ctx.device.type == "cuda"
+        with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            pred = self.module(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+        loss = action_loss(pred.float(), batch.actions, batch.mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), norm.detach()
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.config
+        metrics, _ = evaluate(
+            self.model, self.env_id, self.targets, cfg.eval.episodes, cfg.train.seed + self.step,
+            self.sampler.state_mean, self.sampler.state_std, cfg.data.reward_scale, self.ctx.device,
+        )
+        return metrics
+
+    # ----------------------------------------------------------------------------------
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "model": strip_prefixes(self.model.state_dict()),
+            "model_args": self.model.args.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": rng_state(),
+            "sampler_rng": self.sampler.generator.get_state(),
+            "state_mean": torch.from_numpy(self.sampler.state_mean),
+            "state_std": torch.from_numpy(self.sampler.state_std),
+            "reward_scale": self.config.data.reward_scale,
+            "env_id": self.env_id,
+            "target_returns": list(self.targets),
+            "config": to_dict(self.config),
+            "perf": {"train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds},
+            "best_score": self.best_score,
+            "evals_since_best": self.evals_since_best,
+        }
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(strip_prefixes(payload["model"]))
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.step = int(payload["step"])
+        set_rng_state(payload["rng"])
+        # Each rank continues its own window stream: rank r draws a fresh stream seeded by
+        # (seed, rank, step) since only rank 0's generator state is in the checkpoint.
+        if self.ctx.rank == 0:
+            self.sampler.generator.set_state(payload["sampler_rng"])
+        else:
+            self.sampler.generator.manual_seed(self.config.train.seed * 1009 + self.ctx.rank + 7919 * self.step)
+        self.train_seconds = float(payload["perf"]["train_seconds"])
+        self.eval_seconds = float(payload["perf"]["eval_seconds"])
+        self.best_score = float(payload["best_score"])
+        self.evals_since_best = int(payload["evals_since_best"])
+
+    # ----------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train to ``train.steps`` (or early stop) and return the last metrics."""
+        cfg, ctx = self.config, self.ctx
+        lead = ctx.rank == 0
+        ckpt_path = self.run_dir / "checkpoints" / LAST
+        if resume:
+            if not ckpt_path.is_file():
+                raise RaydtError(f"--resume: {ckpt_path} not found; run without --resume to start afresh")
+            self.restore(load_checkpoint(ckpt_path, map_location=ctx.device))
+            if lead:
+                ctx.log(f"resumed from {ckpt_path} at step {self.step}")
+        sink: Sink = Sink()
+        if lead:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.resolved.yaml").write_text(to_yaml(cfg))
+            sink = MultiSink(
+                JsonlSink(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None),
+                TensorBoardSink(self.run_dir),
+            )
+        last: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=ctx.device)
+        norm_sum = torch.zeros((), device=ctx.device)
+        since_log = 0
+        tick = time.perf_counter()
+        log_tick, log_step = tick, self.step
+        per_rank = cfg.train.batch_size // ctx.world_size
+        stop = False
+        try:
+            while self.step < cfg.train.steps and not stop:
+                loss, norm = self.train_step(self.sampler.sample(per_rank))
+                # Accumulate on the device: no host sync until a logging step.
+                loss_sum += loss
+                norm_sum += norm
+                since_log += 1
+                self.step += 1
+                at_log = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
+                at_eval = self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps
+                if not (at_log or at_eval):
+                    continue
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)
+                now = time.perf_counter()
+                self.train_seconds += now - tick
+                metrics = {
+                    "train/loss": (loss_sum / since_log).item(),
+                    "train/action_mse": (loss_sum / since_log).item(),
+                    "train/grad_norm": (norm_sum / since_log).item(),
+                    "train/lr": self.scheduler.get_last_lr()[0],
+                    "perf/train_seconds": self.train_seconds,
+                    "perf/steps_per_second": (self.step - log_step) / max(now - log_tick, 1e-9),
+                }
+                if not math.isfinite(metrics["train/loss"]):
+                    raise RaydtError(f"training diverged: train/loss is {metrics['train/loss']} at step {self.step}")
+                loss_sum.zero_()
+                norm_sum.zero_()
+                since_log = 0
+                checkpoint = None
+                if at_eval:
+                    if lead:
+                        started = time.perf_counter()
+                        metrics.update(self.evaluate())
+                        self.eval_seconds += time.perf_counter() - started
+                        score = metrics.get("eval/normalized_score", metrics["eval/return_mean"])
+                        if score > self.best_score:
+                            self.best_score, self.evals_since_best = score, 0
+                        else:
+                            self.evals_since_best += 1
+                        metrics["eval/best_normalized_score" if "eval/normalized_score" in metrics
+                                else "eval/best_return"] = self.best_score
+                        patience = cfg.train.early_stop_patience
+                        stop = bool(patience) and self.evals_since_best >= patience
+                    metrics["perf/eval_seconds"] = self.eval_seconds
+                    stop = self._agree(stop)
+                    if lead:
+                        checkpoint = save_checkpoint(ckpt_path, self.checkpoint_payload())
+                metrics["perf/total_seconds"] = self.train_seconds + self.eval_seconds
+                if lead:
+                    sink.log(self.step, metrics)
+                    ctx.log(_progress_line(self.step, cfg.train.steps, metrics))
+                if at_eval and ctx.report is not None:
+                    ctx.report(self.step, metrics, checkpoint)
+                last = metrics
+                tick = log_tick = time.perf_counter()
+                log_step = self.step
+            if lead:
+                final = {k: v for k, v in last.items() if k.startswith("eval/")}
+                sink.hparams(_flat_params(cfg), final | {"step": self.step})
+        finally:
+            sink.close()
+        return {"step": self.step, **last}
+
+    def _agree(self, stop: bool) -> bool:
+        """Rank 0's early-stopping decision, on every rank."""
+        if self.ctx.world_size == 1:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.ctx.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+
+def _flat_params(cfg: RunConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, values in to_dict(cfg).items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value if not isinstance(value, list) else str(value)
+    return out
+
+
+def _progress_line(step: int, total: int, m: dict[str, float]) -> str:
+    line = f"step {step}/{total}  loss {m['train/loss']:.4f}  {m['perf/steps_per_second']:.1f} steps/s"
+    if "eval/normalized_score" in m:
+        line += f"  score {m['eval/normalized_score']:.1f} (best {m['eval/best_normalized_score']:.1f})"
+    elif "eval/return_mean" in m:
+        line += f"  return {m['eval/return_mean']:.1f}"
+    return line
+
+
+def fit(config: RunConfig, run_dir: Path, ctx: RunContext | None = None, resume: bool = False) -> dict[str, float]:
+    """Build a :class:`Trainer` for ``config`` and run it; the run directory's contract is
+    ``config.resolved.yaml``, ``metrics.jsonl``, TensorBoard events and ``checkpoints/``."""
+    return Trainer(config, Path(run_dir), ctx or RunContext()).fit(resume=resume)

@@ -114,17 +114,18 @@ def disable_position_table(backbone: nn.Module, report: LoadReport) -> None:
 
 
 def build_backbone(size_dims: tuple[int, int, int], backbone: str, dropout: float,
-                   activation: str, n_positions: int) -> tuple[nn.Module, LoadReport]:
-    """The backbone a model config asks for, with its load report."""
+                   activation: str, n_tokens: int) -> tuple[nn.Module, LoadReport]:
+    """The backbone a model config asks for (attending over ``n_tokens``), with its load report."""
     if backbone == "random":
-        model = random_gpt2(*size_dims, dropout=dropout, activation=activation, n_positions=n_positions)
+        model = random_gpt2(*size_dims, dropout=dropout, activation=activation,
+                            n_positions=max(1024, n_tokens))
         report = LoadReport("random", new=[n for n, _ in model.named_parameters()])
     else:
         model, report = pretrained_gpt2(backbone, dropout)
-        if model.config.n_positions < n_positions:
+        if model.config.n_positions < n_tokens:
             raise ConfigError(
                 f"model.backbone={backbone!r} attends over at most {model.config.n_positions} "
-                f"tokens, but a context of {n_positions // 3} steps needs {n_positions}; "
+                f"tokens, but a context of {n_tokens // 3} steps needs {n_tokens}; "
                 "lower data.context_length"
             )
     disable_position_table(model, report)

@@ -13,8 +13,7 @@ def build_model(
     cfg: ModelConfig, obs_dim: int, act_dim: int, context_length: int, max_timestep: int
 ) -> tuple[DecisionTransformer, LoadReport]:
     """A Decision Transformer as ``cfg`` describes it, and the backbone's load report."""
-    n_positions = max(1024, 3 * context_length)
-    backbone, report = build_backbone(cfg.dims, cfg.backbone, cfg.dropout, cfg.activation, n_positions)
+    backbone, report = build_backbone(cfg.dims, cfg.backbone, cfg.dropout, cfg.activation, 3 * context_length)
     args = ModelArgs(
         obs_dim=obs_dim,
         act_dim=act_dim,

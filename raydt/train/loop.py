@@ -179,7 +179,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         cfg = self.config
         metrics, _ = evaluate(
-            self.model, self.env_id, self.targets, cfg.eval.episodes, cfg.train.seed + self.step,
+            # The same episode seeds at every evaluation: checkpoints are compared on equal
+            # terms, which takes the seed-to-seed noise out of learning curves.
+            self.model, self.env_id, self.targets, cfg.eval.episodes, cfg.train.seed,
             self.sampler.state_mean, self.sampler.state_std, cfg.data.reward_scale, self.ctx.device,
         )
         return metrics

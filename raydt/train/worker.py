@@ -15,13 +15,13 @@ from typing import Any
 from raydt.config import RunConfig, config_from_dict, to_dict
 
 
-def train_loop_per_worker(payload: dict[str, Any]) -> None:
+def worker_context():
+    """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker."""
     import ray.train
     import ray.train.torch
 
-    from raydt.train.loop import RunContext, fit
+    from raydt.train.loop import RunContext
 
-    config = config_from_dict(payload["config"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
 
@@ -32,14 +32,21 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         else:
             ray.train.report(row)
 
-    ctx = RunContext(
+    return RunContext(
         rank=rank,
         world_size=context.get_world_size(),
         device=ray.train.torch.get_device(),
         report=report,
         log=print if rank == 0 else (lambda _: None),
     )
-    fit(config, Path(payload["run_dir"]), ctx, resume=payload["resume"])
+
+
+def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    """What each worker runs: the plain loop with this worker's rank and report hook."""
+    from raydt.train.loop import Trainer
+
+    config = config_from_dict(payload["config"])
+    Trainer(config, Path(payload["run_dir"]), worker_context()).fit(resume=payload["resume"])
 
 
 def run_with_ray(config: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None) -> dict[str, Any]:

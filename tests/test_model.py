@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raydt.config import ModelConfig
+from raydt.data.sampler import WindowSampler
+from raydt.model.backbone import build_backbone, strip_prefixes
+from raydt.model.build import build_model, rebuild_model
+from raydt.model.dt import ModelArgs
+from raydt.train.checkpoint import load_checkpoint, save_checkpoint
+from raydt.train.loop import action_loss
+from tests.test_data import random_trajectories
+
+TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, dropout=0.0)
+
+
+def tiny_model(context_length=6, obs_dim=5, act_dim=2, seed=0, cfg=TINY):
+    torch.manual_seed(seed)
+    model, _ = build_model(cfg, obs_dim, act_dim, context_length, max_timestep=100)
+    return model
+
+
+def random_batch(b=4, k=6, obs_dim=5, act_dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        states=torch.randn(b, k, obs_dim, generator=g),
+        actions=torch.rand(b, k, act_dim, generator=g) * 2 - 1,
+        returns_to_go=torch.randn(b, k, 1, generator=g),
+        timesteps=torch.randint(0, 100, (b, k), generator=g),
+        mask=torch.ones(b, k, dtype=torch.bool),
+    )
+
+
+def test_token_order_is_return_state_action_per_step():
+    model = tiny_model().eval()
+    batch = random_batch(b=1, k=3)
+    tokens, token_mask = model.embed(**batch)
+    assert tokens.shape == (1, 9, 32) and token_mask.shape == (1, 9)
+    time = model.embed_timestep(batch["timesteps"])
+    expected = torch.stack([
+        model.embed_return(batch["returns_to_go"]) + time,
+        model.embed_state(batch["states"]) + time,
+        model.embed_action(batch["actions"]) + time,
+    ], dim=2)  # (1, K, 3, h)
+    for t in range(3):
+        for j in range(3):  # R̂_t, s_t, a_t sit at 3t, 3t+1, 3t+2
+            torch.testing.assert_close(tokens[0, 3 * t + j], model.embed_ln(expected[0, t, j]))
+
+
+@pytest.mark.parametrize("t", [0, 2, 4])
+def test_causal_mask_future_steps_do_not_change_past_predictions(t):
+    model = tiny_model().eval()
+    batch = random_batch()
+    before = model(**batch)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["states"][:, t + 1:] += 5.0
+    changed["actions"][:, t:] = -changed["actions"][:, t:]  # a_t itself is not an input to a_t's prediction
+    changed["returns_to_go"][:, t + 1:] -= 3.0
+    after = model(**changed)
+    torch.testing.assert_close(after[:, : t + 1], before[:, : t + 1])
+    assert not torch.allclose(after[:, t + 1:], before[:, t + 1:])
+
+
+def test_padding_does_not_reach_real_steps():
+    model = tiny_model().eval()
+    batch = random_batch()
+    batch["mask"][:, :2] = False
+    out = model(**batch)
+    other = {k: v.clone() for k, v in batch.items()}
+    other["states"][:, :2] = 123.0
+    other["actions"][:, :2] = 7.0
+    other["returns_to_go"][:, :2] = -9.0
+    torch.testing.assert_close(model(**other)[:, 2:], out[:, 2:])
+    assert torch.isfinite(out).all()
+
+
+def test_return_conditioning_changes_the_action():
+    model = tiny_model().eval()
+    batch = random_batch()
+    low = model(**batch)
+    batch["returns_to_go"] = batch["returns_to_go"] + 3.0
+    assert (model(**batch) - low).abs().max() > 1e-3
+
+
+def test_one_step_moves_every_trainable_parameter_and_no_frozen_one():
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0)
+    batch = random_batch()
+    loss = action_loss(model(**batch), batch["actions"] + 0.5, batch["mask"])
+    loss.backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        moved = not torch.equal(before[name], p.detach())
+        assert moved == p.requires_grad, name
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"backbone.wpe.weight", "backbone.wte.weight"}
+    assert torch.count_nonzero(model.backbone.wpe.weight) == 0  # positions switched off
+
+
+def test_overfits_one_batch():
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = random_batch(b=8)
+    for _ in range(300):
+        loss = action_loss(model(**batch), batch["actions"], batch["mask"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 1e-3
+
+
+def test_action_loss_ignores_padded_steps():
+    pred = torch.zeros(2, 3, 1)
+    target = torch.tensor([[[1.0], [2.0], [3.0]], [[0.0], [0.0], [5.0]]])
+    mask = torch.tensor([[False, True, True], [False, False, True]])
+    assert action_loss(pred, target, mask).item() == pytest.approx((4 + 9 + 25) / 3)
+
+
+def test_size_presets_match_reid_table_9():
+    sizes = {}
+    for size in ("dt", "3m", "18m", "84m"):
+        model, _ = build_model(ModelConfig(size=size), 11, 3, 20, 1000)
+        blocks = model.backbone.h
+        sizes[size] = (model.args.n_embd, blocks[0].attn.num_heads, len(blocks),
+                       sum(p.numel() for p in model.backbone.h.parameters()))
+    assert sizes["dt"][:3] == (128, 1, 3) and sizes["3m"][:3] == (256, 4, 4)
+    assert sizes["18m"][:3] == (512, 8, 6) and sizes["84m"][:3] == (768, 12, 12)
+    # transformer-block parameters: ~0.6M, ~3M, ~18M, ~84M
+    assert 0.5e6 < sizes["dt"][3] < 0.7e6 and 2.5e6 < sizes["3m"][3] < 3.5e6
+    assert 17e6 < sizes["18m"][3] < 20e6 and 80e6 < sizes["84m"][3] < 90e6
+
+
+def test_pretrained_backbone_loads_by_path_with_report(tmp_path):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(1)
+    lm = GPT2Model(GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, n_positions=64))
+    lm.save_pretrained(tmp_path / "tiny-gpt2")
+    backbone, report = build_backbone((0, 0, 0), str(tmp_path / "tiny-gpt2"), 0.1, "relu", n_tokens=60)
+    assert report.new == [] and report.ignored == []
+    assert "h.0.attn.c_attn.weight" in report.loaded and report.disabled == ["wpe.weight"]
+    torch.testing.assert_close(backbone.h[1].mlp.c_fc.weight, lm.h[1].mlp.c_fc.weight)
+    assert backbone.config.resid_pdrop == 0.1  # the run's dropout, not the checkpoint's
+    model, _ = build_model(ModelConfig(backbone=str(tmp_path / "tiny-gpt2")), 5, 2, 20, 100)
+    assert model.args.n_embd == 32
+    with pytest.raises(Exception, match="attends over at most 64 tokens"):
+        build_backbone((0, 0, 0), str(tmp_path / "tiny-gpt2"), 0.1, "relu", n_tokens=3 * 40)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="has no config.json"):
+        build_backbone((0, 0, 0), str(tmp_path / "empty"), 0.1, "relu", n_tokens=60)
+
+
+def test_strip_prefixes():
+    sd = {"module.a.weight": 1, "_orig_mod.b": 2, "module._orig_mod.c": 3, "d": 4}
+    assert strip_prefixes(sd) == {"a.weight": 1, "b": 2, "c": 3, "d": 4}
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "ck.pt", {"model": model.state_dict(), "model_args": model.args.to_dict(),
+                                                  "mean": torch.from_numpy(np.arange(3.0))})
+    payload = load_checkpoint(path)
+    twin = rebuild_model(ModelArgs(**payload["model_args"]))
+    twin.load_state_dict(payload["model"])
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    batch = random_batch()
+    torch.testing.assert_close(model.eval()(**batch), twin.eval()(**batch), rtol=0, atol=0)
+    # a checkpoint cut off mid-write is refused with a clear message
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(Exception, match="cannot be read"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_sampled_batches_feed_the_model():
+    rng = np.random.default_rng(0)
+    traj = random_trajectories(rng, [30, 40], obs_dim=5, act_dim=2)
+    sampler = WindowSampler(traj, 6, reward_scale=0.01)
+    model = tiny_model()
+    out = model(*[sampler.sample(8)[i] for i in (1, 2, 0, 3, 4)])
+    assert out.shape == (8, 6, 2) and torch.isfinite(out).all()

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from raydt.config import load_config
+from raydt.errors import RaydtError
+from raydt.logging import read_metrics
+from raydt.train.checkpoint import load_checkpoint
+from raydt.train.driver import run_training
+from raydt.train.loop import RunContext, fit
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.dataset=generated:hopper-medium?steps=3000",
+    "data.context_length=5",
+    "model.n_embd=32", "model.n_head=2", "model.n_layer=2",
+    "train.steps=12", "train.eval_every=4", "train.log_every=2", "train.batch_size=8",
+    "optim.warmup_steps=4", "eval.episodes=2",
+]
+
+
+def tiny_config(*extra):
+    return load_config(REPO / "tune_specs/runs/hopper_medium_dt.yaml", [*TINY, *extra])
+
+
+def quiet():
+    return RunContext(log=lambda _: None)
+
+
+def test_run_directory_contract(tmp_path):
+    out = fit(tiny_config(), tmp_path, quiet())
+    assert out["step"] == 12
+    assert (tmp_path / "config.resolved.yaml").is_file()
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    evals = [r for r in rows if "eval/normalized_score" in r]
+    assert [r["step"] for r in evals] == [4, 8, 12]
+    for key in ("train/loss", "train/action_mse", "train/lr", "train/grad_norm", "perf/train_seconds",
+                "perf/steps_per_second", "perf/total_seconds"):
+        assert key in rows[0]
+    for key in ("eval/return_mean", "eval/rtg3600/return_mean", "eval/rtg1800/normalized_score",
+                "perf/eval_seconds", "eval/best_normalized_score"):
+        assert key in evals[0]
+    # training time never includes evaluation
+    assert evals[-1]["perf/total_seconds"] == pytest.approx(evals[-1]["perf/train_seconds"] + evals[-1]["perf/eval_seconds"])
+    # warm-up: the learning rate rises linearly to its peak, then stays
+    assert rows[0]["train/lr"] == pytest.approx(1e-4 * 3 / 4) and rows[-1]["train/lr"] == pytest.approx(1e-4)
+    payload = load_checkpoint(tmp_path)
+    assert payload["step"] == 12 and payload["env_id"] == "Hopper-v4"
+    assert payload["config"]["data"]["context_length"] == 5
+
+
+def test_same_seed_same_run(tmp_path):
+    fit(tiny_config(), tmp_path / "a", quiet())
+    fit(tiny_config(), tmp_path / "b", quiet())
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    fit(tiny_config("train.seed=1"), tmp_path / "c", quiet())
+    c = load_checkpoint(tmp_path / "c")
+    assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    fit(tiny_config(), tmp_path / "whole", quiet())
+
+    def crash_at_8(step, metrics, checkpoint):
+        if step == 8:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(tiny_config(), tmp_path / "cut", RunContext(log=lambda _: None, report=crash_at_8))
+    assert load_checkpoint(tmp_path / "cut")["step"] == 8
+    out = fit(tiny_config(), tmp_path / "cut", quiet(), resume=True)
+    assert out["step"] == 12
+    rows = read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]  # no evaluation point lost or repeated
+    whole, cut = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "cut")
+    # every RNG is restored, so the resumed run is the uninterrupted one, bit for bit
+    assert all(torch.equal(whole["model"][k], cut["model"][k]) for k in whole["model"])
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tmp_path):
+    # A learning rate of ~0 leaves the policy unchanged, so no evaluation improves on the first.
+    out = fit(tiny_config("optim.lr=1e-20", "train.early_stop_patience=2", "train.steps=40"), tmp_path, quiet())
+    assert out["step"] == 12  # evaluations at 4 (best), 8 and 12 (no better): stop
+
+
+def test_run_directory_is_never_clobbered(tmp_path):
+    config = tiny_config("train.steps=4")
+    run_training(config, tmp_path, use_ray=False, log=lambda _: None)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(RaydtError, match="already holds a run; continue it with --resume"):
+        run_training(config, tmp_path, use_ray=False, log=lambda _: None)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    run_training(config, tmp_path, use_ray=False, overwrite=True, log=lambda _: None)
+    with pytest.raises(RaydtError, match="holds no checkpoint"):
+        run_training(config, tmp_path / "new", use_ray=False, resume=True, log=lambda _: None)
+
+
+def test_bad_inputs_fail_before_training(tmp_path):
+    with pytest.raises(RaydtError, match="does not split evenly"):
+        fit(tiny_config("train.batch_size=7"), tmp_path, RunContext(world_size=2, log=lambda _: None))
+    with pytest.raises(RaydtError, match="needs Ray Train"):
+        run_training(tiny_config("resources.num_workers=2"), tmp_path / "x", use_ray=False, log=lambda _: None)
+    with pytest.raises(RaydtError, match="not understood"):
+        run_training(tiny_config("data.dataset=nope"), tmp_path / "y", use_ray=False, log=lambda _: None)
+
+
+def test_train_and_eval_commands(tmp_path):
+    from tests.test_cli import raydt
+
+    args = [a for item in TINY for a in ("--set", item)]
+    proc = raydt("train", "tune_specs/runs/hopper_medium_dt.yaml", "--no-ray", "--out", str(tmp_path), *args)
+    summary = json.loads(proc.stdout)
+    assert summary["step"] == 12 and "eval/normalized_score" in summary
+    assert "step 12/12" in proc.stderr  # the live progress line
+    evaluated = json.loads(raydt("eval", str(tmp_path), "--episodes", "2", "--target", "1000", "--json").stdout)
+    assert evaluated["step"] == 12 and "eval/rtg1000/normalized_score" in evaluated

@@ -87,8 +87,16 @@ def readme_commands() -> list[str]:
     return [line for line in lines if line.startswith("raydt ")]
 
 
+def test_readme_lint_command_passes():
+    text = (REPO / "README.md").read_text()
+    assert "ruff check raydt tests" in text
+    subprocess.run([sys.executable, "-m", "ruff", "check", "raydt", "tests"], cwd=REPO, check=True)
+
+
 def test_every_raydt_command_in_the_readme_runs(tmp_path):
     commands = readme_commands()
+    text = (REPO / "README.md").read_text()
+    tensorboard_dirs = re.findall(r"^tensorboard --logdir (\S+)", text, flags=re.M)
     assert any(c.startswith("raydt data make") for c in commands)
     # The README's placeholder path stands for a real D4RL file: give it one.
     from raydt.data.d4rl import write_d4rl_hdf5
@@ -100,6 +108,24 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
         "rewards": np.ones(n, np.float32), "terminals": np.eye(1, n, n - 1, dtype=bool)[0],
         "timeouts": np.zeros(n, bool),
     })
+    # Long jobs run as shown but shrunk to seconds with extra overrides; run directories go
+    # to a temporary folder.
+    from tests.test_train import TINY
+
+    shrink = [a for item in (*TINY, "resources.num_workers=1") for a in ("--set", item)]
     for command in commands:
-        argv = shlex.split(command.replace("/path/to/hopper_medium-v2.hdf5", str(d4rl_file)))
-        raydt(*argv[1:])
+        command = command.replace("/path/to/hopper_medium-v2.hdf5", str(d4rl_file))
+        argv = [re.sub(r"^runs/", f"{tmp_path}/runs/", a) for a in shlex.split(command)[1:]]
+        if argv[0] == "train":
+            argv += [*shrink, "--no-ray", "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
+        raydt(*argv)
+    # `tensorboard --logdir DIR` serves what TensorBoard's own reader finds there.
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    assert tensorboard_dirs
+    for logdir in tensorboard_dirs:
+        mux = EventMultiplexer()
+        mux.AddRunsFromDirectory(str(tmp_path / logdir))
+        mux.Reload()
+        tags = set().union(*(set(v.get("scalars", [])) for v in mux.Runs().values()))
+        assert {"eval/normalized_score", "train/loss", "perf/train_seconds"} <= tags

@@ -39,3 +39,32 @@ def test_evaluate_names_metrics_and_normalizes():
     assert metrics["eval/normalized_score"] == pytest.approx(score)
     for key in ("eval/rtg1800/return_mean", "eval/rtg1800/normalized_score", "eval/rtg3600/length_mean"):
         assert key in metrics
+
+
+def test_rollout_actions_match_a_naive_unpadded_replay():
+    """Reference: replay the episode by hand, feeding the model the unpadded last ≤ K steps."""
+    from raydt.data.tasks import make_env
+
+    model = lively_model(11, 3, k=4).eval()
+    res = rollout(model, "Hopper-v4", 3600, [21], np.zeros(11), np.ones(11), 1e-3)
+    env = make_env("Hopper-v4")
+    obs, _ = env.reset(seed=21)
+    states, actions, rtg, remaining = [], [], [], 3600 * 1e-3
+    with torch.no_grad():
+        for t in range(int(res.lengths[0])):
+            states.append(obs)
+            rtg.append(remaining)
+            actions.append(np.zeros(3))
+            lo = max(0, t + 1 - 4)
+            window = dict(
+                states=torch.tensor(np.array(states[lo:]))[None],
+                actions=torch.tensor(np.array(actions[lo:]))[None],
+                returns_to_go=torch.tensor(rtg[lo:], dtype=torch.float64)[None, :, None],
+                timesteps=torch.arange(lo, t + 1)[None],
+                mask=torch.ones(1, t + 1 - lo, dtype=torch.bool),
+            )
+            action = model(**window)[0, -1].numpy()
+            np.testing.assert_allclose(res.actions[0, t], action, rtol=1e-5, atol=1e-6, err_msg=f"step {t}")
+            actions[-1] = action
+            obs, reward, *_ = env.step(action.astype(np.float32).astype(np.float64))
+            remaining -= reward * 1e-3

@@ -10,8 +10,8 @@ back; their outputs are ignored).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ class RolloutResult:
     """(N,) undiscounted episode returns."""
     lengths: np.ndarray
     """(N,) episode lengths."""
+    actions: np.ndarray
+    """(N, max length, act_dim) actions taken (rows past an episode's end are meaningless)."""
 
 
 @torch.no_grad()
@@ -58,11 +60,14 @@ def rollout(
     mean = torch.as_tensor(state_mean, dtype=dtype, device=device)
     std = torch.as_tensor(state_std, dtype=dtype, device=device)
 
-    # Histories of the whole episode; windows are slices of them.
-    states = torch.zeros(n, horizon, obs_dim, dtype=dtype, device=device)  # (N, T, obs), normalised
-    actions = torch.full((n, horizon, act_dim), ACTION_PAD, dtype=dtype, device=device)  # (N, T, act)
-    rtg = torch.zeros(n, horizon, 1, dtype=dtype, device=device)  # (N, T, 1), scaled
-    timesteps = torch.arange(horizon, device=device).expand(n, horizon)  # (N, T)
+    # Histories of the whole episode behind K − 1 steps of left padding, so the window of
+    # step t is the plain slice [t, t + K) of every buffer (history index = K − 1 + t).
+    length = k - 1 + horizon
+    states = torch.zeros(n, length, obs_dim, dtype=dtype, device=device)  # (N, K-1+T, obs), normalised
+    actions = torch.full((n, length, act_dim), ACTION_PAD, dtype=dtype, device=device)  # (N, K-1+T, act)
+    rtg = torch.zeros(n, length, 1, dtype=dtype, device=device)  # (N, K-1+T, 1), scaled
+    timesteps = (torch.arange(length, device=device) - (k - 1)).clamp(min=0).expand(n, length)  # (N, K-1+T)
+    positions = torch.arange(k, device=device)  # (K,)
 
     returns = np.zeros(n)
     lengths = np.zeros(n, dtype=np.int64)
@@ -73,26 +78,16 @@ def rollout(
     model.eval()
     try:
         for t in range(horizon):
-            states[:, t] = (torch.as_tensor(obs, dtype=dtype, device=device) - mean) / std
-            rtg[:, t, 0] = remaining
-            actions[:, t] = 0.0  # placeholder: a_t's token comes after s_t and is never seen
-            start = max(0, t + 1 - k)
-            pad = k - (t + 1 - start)
-
-            def window(x: torch.Tensor, fill: float) -> torch.Tensor:
-                part = x[:, start : t + 1]  # (N, ≤K, ...)
-                if pad == 0:
-                    return part
-                shape = (n, pad, *part.shape[2:])
-                return torch.cat([torch.full(shape, fill, dtype=part.dtype, device=device), part], dim=1)
-
-            mask = torch.zeros(n, k, dtype=torch.bool, device=device)
-            mask[:, pad:] = True
+            i = k - 1 + t
+            states[:, i] = (torch.as_tensor(obs, dtype=dtype, device=device) - mean) / std
+            rtg[:, i, 0] = remaining
+            actions[:, i] = 0.0  # placeholder: a_t's token comes after s_t and is never seen
+            mask = (positions >= k - 1 - t).expand(n, k)  # (N, K): False before the first step
+            window = slice(t, t + k)
             pred = model(
-                window(states, 0.0), window(actions, ACTION_PAD), window(rtg, 0.0),
-                window(timesteps, 0), mask,
+                states[:, window], actions[:, window], rtg[:, window], timesteps[:, window], mask
             )[:, -1]  # (N, act): the action for step t
-            actions[:, t] = pred
+            actions[:, i] = pred
             obs, reward, terminated, truncated, _ = envs.step(pred.float().cpu().numpy().astype(np.float64))
             returns += reward * active
             lengths += active
@@ -103,7 +98,8 @@ def rollout(
     finally:
         model.train(was_training)
         envs.close()
-    return RolloutResult(float(target_return), returns, lengths)
+    taken = actions[:, k - 1 : k - 1 + int(lengths.max())].float().cpu().numpy()
+    return RolloutResult(float(target_return), returns, lengths, taken)
 
 
 def evaluate(

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ from torch import nn
 
 from raydt.config import RunConfig, to_dict, to_yaml
 from raydt.data.sampler import Batch, WindowSampler
-from raydt.data.trajectories import Trajectories
 from raydt.data.sources import load_dataset
 from raydt.data.tasks import task_from_env_id
+from raydt.data.trajectories import Trajectories
 from raydt.errors import ConfigError, RaydtError
 from raydt.eval.rollout import evaluate
 from raydt.logging import JsonlSink, MultiSink, Sink, TensorBoardSink

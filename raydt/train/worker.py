@@ -52,7 +52,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 def run_with_ray(config: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None) -> dict[str, Any]:
     """Run ``config`` through a ``TorchTrainer``; returns the last reported metrics."""
     import ray
-    from ray.train import CheckpointConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():

@@ -169,6 +169,8 @@ class ResourcesConfig:
     """Ray Train workers (DDP processes) for this run."""
     use_gpu: bool = False
     """Give each worker one GPU (NCCL); otherwise CPU workers (gloo)."""
+    cpus_per_worker: int = positive(1)
+    """CPU cores reserved for each worker; also its number of PyTorch threads."""
 
 
 @dataclass(frozen=True)

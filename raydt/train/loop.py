@@ -129,6 +129,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         cfg, ctx = self.config, self.ctx
+        torch.set_num_threads(cfg.resources.cpus_per_worker)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} does not split evenly over "

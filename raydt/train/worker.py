@@ -62,7 +62,12 @@ def run_with_ray(config: RunConfig, run_dir: Path, resume: bool = False, address
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_dir": str(run_dir), "resume": resume},
-        scaling_config=ScalingConfig(num_workers=config.resources.num_workers, use_gpu=config.resources.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=config.resources.num_workers,
+            use_gpu=config.resources.use_gpu,
+            resources_per_worker={"CPU": config.resources.cpus_per_worker}
+            | ({"GPU": 1} if config.resources.use_gpu else {}),
+        ),
         run_config=RayRunConfig(
             name="ray_train",
             storage_path=str(run_dir),

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from raydt.fsutil import atomic_write_text
 
 
 class Sink:
@@ -71,9 +72,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
             if row.get("step", 0) > last_step:
                 break
             kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ Nothing here imports torch: policies are plain NumPy matrices.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from raydt.data.tasks import Task, make_env
+from raydt.fsutil import atomic_path
 
 
 @dataclass(frozen=True)
@@ -217,9 +217,6 @@ def _stack(snapshots: dict[str, list]) -> dict[str, np.ndarray]:
 
 def save_snapshots(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write snapshots to ``path`` atomically (a temporary name, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{k: v for k, v in arrays.items() if k != "meta"},
                             meta=np.asarray(json.dumps(meta)))
-    os.replace(tmp, path)

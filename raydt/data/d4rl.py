@@ -24,6 +24,7 @@ import numpy as np
 from raydt.data.tasks import TASKS, get_task
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
+from raydt.fsutil import atomic_path
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 """Datasets every D4RL-layout file must hold."""
@@ -88,15 +89,10 @@ def fetch_d4rl(name: str, download: bool = True) -> Path:
 
 def _download(url: str, path: Path) -> None:
     """Fetch ``url`` to ``path`` through a temporary name, so a cut transfer leaves nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)
         read_d4rl_hdf5(tmp)  # refuse to install a file the reader would reject
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_d4rl_hdf5(path: str | Path, source: str | None = None) -> Trajectories:
@@ -156,17 +152,11 @@ def write_d4rl_hdf5(
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in arrays.items():
-                f.create_dataset(key, data=value, compression="gzip", compression_opts=1)
-            if env_id is not None:
-                f["metadata/env_id"] = env_id
-            if metadata is not None:
-                f["metadata/raydt"] = json.dumps(metadata, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value, compression="gzip", compression_opts=1)
+        if env_id is not None:
+            f["metadata/env_id"] = env_id
+        if metadata is not None:
+            f["metadata/raydt"] = json.dumps(metadata, sort_keys=True)
     return path

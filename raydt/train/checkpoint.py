@@ -8,7 +8,6 @@ Only tensors and plain containers go in, so ``torch.load(weights_only=True)`` re
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from raydt.errors import RaydtError
+from raydt.fsutil import atomic_path
 
 LAST = "last.pt"
 """File name of the newest checkpoint in a run's ``checkpoints/`` folder."""
@@ -24,13 +24,8 @@ LAST = "last.pt"
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -32,6 +32,7 @@ from raydt.data.tasks import task_from_env_id
 from raydt.data.trajectories import Trajectories
 from raydt.errors import ConfigError, RaydtError
 from raydt.eval.rollout import evaluate
+from raydt.fsutil import atomic_write_text
 from raydt.logging import JsonlSink, MultiSink, Sink, TensorBoardSink
 from raydt.model.backbone import strip_prefixes
 from raydt.model.build import build_model
@@ -243,7 +244,7 @@ class Trainer:
         sink: Sink = Sink()
         if lead:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.resolved.yaml").write_text(to_yaml(cfg))
+            atomic_write_text(self.run_dir / "config.resolved.yaml", to_yaml(cfg))
             sink = MultiSink(
                 JsonlSink(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None),
                 TensorBoardSink(self.run_dir),

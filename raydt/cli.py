@@ -129,6 +129,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# sweeps
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from raydt.tune.spec import load_sweep
+
+    spec = load_sweep(args.spec, args.set)  # every searched key is checked before Ray starts
+    from raydt.tune.run import Plan, run_sweep
+
+    outcome = run_sweep(spec, out=args.out, address=args.address, resume=args.resume,
+                        dry_run=args.dry_run, log=_log)
+    if isinstance(outcome, Plan):
+        print("\n".join([f"sweep {spec.name} ({spec.path})", *outcome.lines()]))
+        for i, point in enumerate(spec.grid()[:20]):
+            print(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
+        return 0
+    from raydt.tune.report import format_table, summarize
+
+    errored = [t for t in outcome.trials if t["status"] == "ERROR"]
+    print(f"sweep directory: {outcome.sweep_dir}")
+    print(f"{len(outcome.trials) - len(errored)} trial(s) TERMINATED, {len(errored)} in ERROR")
+    for trial in errored:
+        print(f"  {trial['trial']}: {trial['error']}")
+    if "://" not in outcome.sweep_dir:
+        print(format_table(*summarize(Path(outcome.sweep_dir))))
+    return 1 if errored and len(errored) == len(outcome.trials) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raydt.tune.report import format_csv, format_table, summarize
+
+    keys, rows = summarize(Path(args.sweep_dir), by=args.by)
+    print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from raydt.tune.report import plot_curves
+
+    print(plot_curves(Path(args.sweep_dir), Path(args.out), by=args.by))
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +231,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
+
+    sweep = sub.add_parser("sweep", help="run a sweep of trials on Ray Tune")
+    sweep.add_argument("spec", help="sweep spec YAML (a run spec with search: and tune:)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a run key for every trial (repeatable)")
+    sweep.add_argument("--out", default=None, help="storage path (local folder or s3://...; default tune.storage_path)")
+    sweep.add_argument("--address", default=None, help="Ray cluster to join (auto on a cluster head)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the trial plan and exit")
+    sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
+    sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="table of a sweep's results, seeds aggregated")
+    report.add_argument("sweep_dir")
+    report.add_argument("--by", action="append", default=None, metavar="KEY", help="group by this key (repeatable)")
+    report.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    report.set_defaults(func=cmd_report)
+
+    compare = sub.add_parser("compare", help="learning curves of a sweep's groups")
+    compare.add_argument("sweep_dir")
+    compare.add_argument("--out", required=True, help="PNG to write")
+    compare.add_argument("--by", action="append", default=None, metavar="KEY", help="group by this key (repeatable)")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -62,4 +62,4 @@ def run_training(
         return fit(config, run_dir, RunContext(device=device, log=log), resume=resume)
     from raydt.train.worker import run_with_ray
 
-    return run_with_ray(config, run_dir, resume=resume, address=address)
+    return run_with_ray(config, run_dir, address=address)

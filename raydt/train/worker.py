@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raydt.config import RunConfig, config_from_dict, to_dict
+from raydt.train.checkpoint import LAST
 
 
 def worker_context():
@@ -42,37 +43,56 @@ def worker_context():
 
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
-    """What each worker runs: the plain loop with this worker's rank and report hook."""
+    """What each worker runs: the plain loop with this worker's rank and report hook.
+
+    A run directory that already holds a checkpoint is resumed from it: that is how a
+    restarted worker group (Ray's failure handling) or a resumed sweep trial continues.
+    """
     from raydt.train.loop import Trainer
 
     config = config_from_dict(payload["config"])
-    Trainer(config, Path(payload["run_dir"]), worker_context()).fit(resume=payload["resume"])
+    run_dir = Path(payload["run_dir"])
+    resume = (run_dir / "checkpoints" / LAST).is_file()
+    Trainer(config, run_dir, worker_context()).fit(resume=resume)
 
 
-def run_with_ray(config: RunConfig, run_dir: Path, resume: bool = False, address: str | None = None) -> dict[str, Any]:
-    """Run ``config`` through a ``TorchTrainer``; returns the last reported metrics."""
-    import ray
-    from ray.train import CheckpointConfig, ScalingConfig
+def scaling_config(config: RunConfig):
+    """Ray Train's ``ScalingConfig`` for the ``resources:`` section of a run."""
+    from ray.train import ScalingConfig
+
+    res = config.resources
+    return ScalingConfig(
+        num_workers=res.num_workers,
+        use_gpu=res.use_gpu,
+        resources_per_worker={"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {}),
+    )
+
+
+def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str, callbacks: list | None = None):
+    """A ``TorchTrainer`` running ``config`` into ``run_dir`` (Ray's own files under ``storage_path/name``)."""
+    from ray.train import CheckpointConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(config), "run_dir": str(run_dir)},
+        scaling_config=scaling_config(config),
+        run_config=RayRunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
+    """Run ``config`` through a ``TorchTrainer``; returns the last reported metrics."""
+    import ray
 
     if not ray.is_initialized():
         ray.init(address=address)
     run_dir = run_dir.resolve()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "run_dir": str(run_dir), "resume": resume},
-        scaling_config=ScalingConfig(
-            num_workers=config.resources.num_workers,
-            use_gpu=config.resources.use_gpu,
-            resources_per_worker={"CPU": config.resources.cpus_per_worker}
-            | ({"GPU": 1} if config.resources.use_gpu else {}),
-        ),
-        run_config=RayRunConfig(
-            name="ray_train",
-            storage_path=str(run_dir),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-        ),
-    )
-    result = trainer.fit()
+    result = make_trainer(config, run_dir, "ray_train", str(run_dir)).fit()
     return dict(result.metrics or {})

@@ -1,0 +1,321 @@
+"""Running a sweep on Ray Tune: one trial = one run = one ``TorchTrainer``.
+
+The Train V2 pattern: Tune runs a function trainable per trial; that function builds the
+trial's ``TorchTrainer`` (``raydt.train.worker.make_trainer``) with Tune's report callback and
+calls ``fit()``. Tune reserves nothing for the trial function itself, and the trainer's
+workers get a placement group Tune does not count, so raydt caps concurrency itself from
+the cluster's resources (otherwise trials wait forever for resources they can never get).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune import Stopper
+
+from raydt.config import RunConfig, build, to_dict
+from raydt.errors import ConfigError, RaydtError
+from raydt.fsutil import atomic_write_text
+from raydt.tune.spec import SweepSpec
+
+SWEEP_FILE = "sweep.yaml"
+"""What a sweep directory records about its spec: searched keys, tune settings, plan."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a sweep will ask of the cluster."""
+
+    num_trials: int
+    workers_per_trial: int
+    cpus_per_worker: int
+    gpus_per_worker: int
+    cluster_cpus: float
+    cluster_gpus: float
+    concurrency: int
+
+    def lines(self) -> list[str]:
+        trial = f"{self.workers_per_trial} worker(s) × {self.cpus_per_worker} CPU"
+        if self.gpus_per_worker:
+            trial += f" + {self.gpus_per_worker} GPU"
+        return [
+            f"trials:        {self.num_trials}",
+            f"per trial:     {trial}",
+            f"cluster:       {self.cluster_cpus:g} CPU, {self.cluster_gpus:g} GPU",
+            f"concurrency:   {self.concurrency} trial(s) at a time",
+            f"waves:         {math.ceil(self.num_trials / max(self.concurrency, 1))}",
+        ]
+
+
+def plan_sweep(spec: SweepSpec, nodes: list[dict[str, float]]) -> Plan:
+    """Check that a trial fits the cluster described by ``nodes`` (each a resources dict)
+    and work out how many trials can run at once."""
+    configs = [spec.trial_config(point) for point in spec.grid()] or [spec.base_config()]
+    resources = {(c.resources.num_workers, c.resources.cpus_per_worker, int(c.resources.use_gpu)) for c in configs}
+    if len(resources) > 1:
+        raise ConfigError(f"{spec.path}: all trials of a sweep must ask for the same resources; found {sorted(resources)}")
+    workers, cpus, gpus = resources.pop()
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus]
+    total_cpu = sum(n.get("CPU", 0) for n in nodes)
+    total_gpu = sum(n.get("GPU", 0) for n in nodes)
+    need = f"{cpus} CPU" + (f" and {gpus} GPU" if gpus else "")
+    if not fits:
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+        raise ConfigError(
+            f"{spec.path}: a trial worker needs {need} but no node has that much "
+            f"(largest: {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower "
+            "resources.cpus_per_worker, set resources.use_gpu=false, or add such nodes"
+        )
+    by_cpu = int(total_cpu // (workers * cpus))
+    by_gpu = int(total_gpu // (workers * gpus)) if gpus else by_cpu
+    concurrency = min(by_cpu, by_gpu, spec.num_trials)
+    if concurrency < 1:
+        raise ConfigError(
+            f"{spec.path}: one trial needs {workers} × {need} but the cluster has {total_cpu:g} CPU "
+            f"and {total_gpu:g} GPU in all; lower resources.num_workers"
+        )
+    if spec.tune.max_concurrent:
+        concurrency = min(concurrency, spec.tune.max_concurrent)
+    return Plan(spec.num_trials, workers, cpus, gpus, total_cpu, total_gpu, concurrency)
+
+
+def local_nodes() -> list[dict[str, float]]:
+    """This machine as a one-node cluster (for plans made without a running Ray)."""
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # torch without CUDA support raises on some builds
+        pass
+    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}]
+
+
+def ray_nodes() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+# --------------------------------------------------------------------------------------
+# Trials
+
+
+def run_trial(params: dict[str, Any], run_spec: dict[str, Any]) -> None:
+    """The Tune function trainable: build this trial's config and train it on Ray Train."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raydt.config import RawSpec, apply_overrides
+    from raydt.train.worker import make_trainer
+
+    raw = apply_overrides(RawSpec(run_spec["values"], run_spec["origins"]), params, source="search")
+    config = build(RunConfig, raw.values, raw.origins)
+    context = tune.get_context()
+    trial_dir = Path(context.get_trial_dir())
+    trainer = make_trainer(
+        config, trial_dir, name="train", storage_path=str(trial_dir), callbacks=[TuneReportCallback()]
+    )
+    trainer.fit()
+
+
+def _trial_name(trial) -> str:
+    # Tune's trial ids end in a running index ("a1b2c_00003"): the index is deterministic.
+    return f"trial_{trial.trial_id.rsplit('_', 1)[-1]}"
+
+
+def _param_space(spec: SweepSpec) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for dim in spec.dimensions:
+        lo, hi = (dim.values + (None, None))[:2]
+        if dim.kind == "grid":
+            space[dim.key] = tune.grid_search(list(dim.values)) if spec.tune.searcher == "grid" else tune.choice(list(dim.values))
+        elif dim.kind == "choice":
+            space[dim.key] = tune.choice(list(dim.values))
+        elif dim.kind == "uniform":
+            space[dim.key] = tune.uniform(lo, hi)
+        elif dim.kind == "loguniform":
+            space[dim.key] = tune.loguniform(lo, hi)
+        else:
+            space[dim.key] = tune.randint(int(lo), int(hi))
+    return space
+
+
+def _search_alg(spec: SweepSpec, concurrency: int):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if spec.tune.searcher == "grid":
+        return BasicVariantGenerator(max_concurrent=concurrency, random_state=spec.tune.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.tune.seed))
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+
+
+def _scheduler(spec: SweepSpec, config: RunConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.tune.scheduler == "fifo":
+        return FIFOScheduler()
+    # Our own step counter drives ASHA: Tune's iteration counter restarts on resume.
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=config.train.steps,
+        grace_period=min(spec.tune.asha_grace_steps, config.train.steps),
+        reduction_factor=spec.tune.asha_reduction_factor,
+        stop_last_trials=False,
+    )
+
+
+class ConvergedStopper(Stopper):
+    """Stops a trial once its metric has not improved by more than ``threshold`` for
+    ``patience`` consecutive evaluations (a Tune ``Stopper``)."""
+
+    def __init__(self, metric: str, mode: str, patience: int, threshold: float) -> None:
+        self.metric, self.sign = metric, 1.0 if mode == "max" else -1.0
+        self.patience, self.threshold = patience, threshold
+        self.best: dict[str, float] = {}
+        self.stale: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if self.metric not in result:
+            return False
+        value = self.sign * float(result[self.metric])
+        if value > self.best.get(trial_id, -math.inf) + self.threshold:
+            self.best[trial_id], self.stale[trial_id] = value, 0
+        else:
+            self.stale[trial_id] = self.stale.get(trial_id, 0) + 1
+        return self.stale[trial_id] >= self.patience
+
+    def stop_all(self) -> bool:
+        return False
+
+
+def _stopper(spec: SweepSpec) -> ConvergedStopper | None:
+    if not spec.tune.converged_patience:
+        return None
+    return ConvergedStopper(spec.tune.metric, spec.tune.mode, spec.tune.converged_patience, spec.tune.converged_threshold)
+
+
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: str
+    trials: list[dict[str, Any]]
+    """One row per trial: name, status, error, last step and metric."""
+
+
+def sweep_location(spec: SweepSpec, out: str | None) -> tuple[str, str]:
+    """(storage path, sweep directory) as strings; local paths are made absolute."""
+    storage = out or spec.tune.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return storage, f"{storage.rstrip('/')}/{spec.name}"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> SweepOutcome | Plan:
+    """Run (or with ``dry_run`` only plan) the sweep ``spec``."""
+    storage, sweep_dir = sweep_location(spec, out)
+    local = "://" not in storage
+    if dry_run and address is None:
+        return plan_sweep(spec, local_nodes())
+    if local and not resume and (Path(sweep_dir) / SWEEP_FILE).exists():
+        raise RaydtError(
+            f"{sweep_dir} already holds a sweep; finish it with --resume, or choose another "
+            "directory with --out or tune.name"
+        )
+    if resume and local and not (Path(sweep_dir) / SWEEP_FILE).exists():
+        raise RaydtError(f"--resume: {sweep_dir} holds no sweep to resume")
+    # Datasets are made (or found) once here, before any trial starts.
+    from raydt.train.loop import resolve_run_data
+
+    datasets = {c.data.dataset: c for c in (spec.trial_config(p) for p in spec.grid() or [{}])}
+    for config in datasets.values():
+        resolve_run_data(config, log=log)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    plan = plan_sweep(spec, ray_nodes())
+    if dry_run:
+        return plan
+    for line in plan.lines():
+        log(line)
+    if local:
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(sweep_dir) / SWEEP_FILE, yaml.safe_dump({
+            "spec": str(spec.path),
+            "searched_keys": spec.searched_keys,
+            "tune": to_dict(spec.tune),
+            "plan": {"num_trials": plan.num_trials, "concurrency": plan.concurrency},
+        }, sort_keys=False))
+    return _fit(spec, storage, sweep_dir, plan, resume, log)
+
+
+def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool, log) -> SweepOutcome:
+    from ray import tune
+
+    base = spec.base_config()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, run_spec={"values": spec.run.values, "origins": spec.run.origins}),
+        {"cpu": 0},  # the trial function only waits on its trainer, whose workers hold the resources
+    )
+    if resume:
+        tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(spec),
+            tune_config=tune.TuneConfig(
+                metric=spec.tune.metric,
+                mode=spec.tune.mode,
+                search_alg=_search_alg(spec, plan.concurrency),
+                scheduler=_scheduler(spec, base),
+                num_samples=spec.tune.num_samples,
+                max_concurrent_trials=plan.concurrency,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=storage,
+                stop=_stopper(spec),
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        rows.append({
+            "trial": Path(result.path).name,
+            "status": "ERROR" if result.error else "TERMINATED",
+            "error": str(result.error).strip().splitlines()[-1] if result.error else None,
+            "step": metrics.get("step"),
+            spec.tune.metric: metrics.get(spec.tune.metric),
+        })
+    rows.sort(key=lambda r: r["trial"])
+    if "://" not in storage:
+        atomic_write_text(Path(sweep_dir) / "trials.json", json.dumps(rows, indent=1))
+    return SweepOutcome(sweep_dir, rows)

@@ -1,0 +1,185 @@
+"""Sweep specs: a run spec plus ``search:`` and ``tune:`` sections.
+
+```yaml
+extends: runs/hopper_medium_dt.yaml
+search:
+  data.context_length: {grid: [5, 20]}
+  loss.lambda1: {uniform: [0.0, 0.2]}
+  train.seed: {grid: [0, 1]}
+tune:
+  searcher: grid
+  num_samples: 1
+```
+
+Search keys are dotted run-config keys and go through the same override path as ``--set``,
+so a misspelled key or a value of the wrong type fails here, before any trial starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from raydt.config import (
+    RawSpec,
+    RunConfig,
+    apply_overrides,
+    build,
+    nonnegative,
+    positive,
+    read_spec,
+)
+from raydt.errors import ConfigError
+
+DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+"""Kinds of search dimension a ``search:`` entry may name."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key."""
+
+    key: str
+    """Dotted run-config key."""
+    kind: str
+    """One of :data:`DISTRIBUTIONS`."""
+    values: tuple[Any, ...]
+    """grid/choice: the values; uniform/loguniform/randint: (low, high)."""
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How a sweep searches and schedules its trials."""
+
+    metric: str = "eval/normalized_score"
+    """Reported metric the searcher and scheduler optimise."""
+    mode: Literal["max", "min"] = "max"
+    """Whether the metric is to be maximised or minimised."""
+    searcher: Literal["grid", "optuna"] = "grid"
+    """grid: every combination of grid values (choice/ranges sampled); optuna: Optuna TPE."""
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    """fifo: every trial runs its full budget; asha: stop poor trials early (ASHA on the step count)."""
+    num_samples: int = positive(1)
+    """grid: repeats of the whole grid; optuna: number of trials."""
+    max_concurrent: int = nonnegative(0)
+    """Most trials at once; 0 lets the cluster's resources decide."""
+    seed: int = nonnegative(0)
+    """Seed of the searcher's own sampling."""
+    storage_path: str = "runs"
+    """Local folder or URI under which the sweep directory is created."""
+    name: str | None = None
+    """Sweep directory name; null takes the spec file's name."""
+    asha_grace_steps: int = positive(1000)
+    """ASHA: training steps every trial gets before it can be stopped."""
+    asha_reduction_factor: int = positive(3)
+    """ASHA: 1/η of the trials go on at each rung."""
+    converged_patience: int = nonnegative(0)
+    """Stop a trial after this many evaluations without beating its best by converged_threshold; 0 = off."""
+    converged_threshold: float = nonnegative(0.0)
+    """Improvement (in metric units) that counts as progress for converged_patience."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep: the run part (untyped until a trial's values are applied), the search
+    dimensions and the tune settings."""
+
+    path: Path
+    run: RawSpec
+    dimensions: tuple[Dimension, ...]
+    tune: TuneConfig
+
+    @property
+    def name(self) -> str:
+        return self.tune.name or self.path.stem
+
+    def trial_config(self, values: Mapping[str, Any]) -> RunConfig:
+        """The run config of a trial: the spec's run part with the sampled ``values``."""
+        raw = apply_overrides(self.run, values, source=f"{self.path}: search")
+        return build(RunConfig, raw.values, raw.origins)
+
+    def base_config(self) -> RunConfig:
+        return build(RunConfig, self.run.values, self.run.origins)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every combination of the grid dimensions (one empty point when there are none)."""
+        grid = [d for d in self.dimensions if d.kind == "grid"]
+        return [dict(zip([d.key for d in grid], combo)) for combo in itertools.product(*[d.values for d in grid])]
+
+    @property
+    def num_trials(self) -> int:
+        if self.tune.searcher == "grid":
+            return len(self.grid()) * self.tune.num_samples
+        return self.tune.num_samples
+
+    @property
+    def searched_keys(self) -> list[str]:
+        """The keys that vary between trials, seed included."""
+        return [d.key for d in self.dimensions]
+
+
+def _dimension(path: Path, key: str, entry: Any) -> Dimension:
+    where = f"{path}: search.{key}"
+    if not isinstance(entry, Mapping) or len(entry) != 1:
+        raise ConfigError(
+            f"{where}: give one distribution as a mapping, for example {{grid: [1, 2]}}; "
+            f"valid kinds: {', '.join(DISTRIBUTIONS)}"
+        )
+    (kind, values), = entry.items()
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: unknown distribution {kind!r}; valid kinds: {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: {kind} needs a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+            raise ConfigError(f"{where}: {kind} needs [low, high] with low < high, got {values}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ConfigError(f"{where}: loguniform needs low > 0, got {values[0]}")
+    return Dimension(key, kind, tuple(values))
+
+
+def _probe_values(dim: Dimension) -> list[Any]:
+    if dim.kind in ("grid", "choice"):
+        return list(dim.values)
+    if dim.kind == "randint":
+        return [int(dim.values[0]), int(dim.values[1]) - 1]
+    return [float(dim.values[0]), float(dim.values[1])]
+
+
+def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) -> SweepSpec:
+    """Read and check a sweep spec; every searched value is tried against the config schema."""
+    path = Path(path)
+    raw = read_spec(path)
+    values = dict(raw.values)
+    search = values.pop("search", None) or {}
+    tune_values = values.pop("tune", None) or {}
+    origins = {k: v for k, v in raw.origins.items() if not k.startswith(("search.", "tune."))}
+    run = apply_overrides(RawSpec(values, origins), overrides)
+    if not isinstance(search, Mapping):
+        raise ConfigError(f"{path}: 'search' must map dotted keys to distributions")
+    # `_expand_dotted` nested the dotted search keys; flatten them back to leaves.
+    flat = _flatten_search(search)
+    dimensions = tuple(_dimension(path, key, entry) for key, entry in flat.items())
+    if not isinstance(tune_values, Mapping):
+        raise ConfigError(f"{path}: 'tune' must be a mapping of settings")
+    tune = build(TuneConfig, tune_values, raw.origins, prefix="tune.")
+    spec = SweepSpec(path, run, dimensions, tune)
+    spec.base_config()  # the run part alone must be valid
+    for dim in dimensions:  # so must every value the search can produce
+        for value in _probe_values(dim):
+            spec.trial_config({dim.key: value})
+    return spec
+
+
+def _flatten_search(search: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in search.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
+            out.update(_flatten_search(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out

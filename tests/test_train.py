@@ -19,7 +19,7 @@ TINY = [
     "data.context_length=5",
     "model.n_embd=32", "model.n_head=2", "model.n_layer=2",
     "train.steps=12", "train.eval_every=4", "train.log_every=2", "train.batch_size=8",
-    "optim.warmup_steps=4", "eval.episodes=2",
+    "optim.warmup_steps=4", "eval.episodes=2", "resources.cpus_per_worker=1",
 ]
 
 

@@ -59,3 +59,11 @@ def test_train_command_on_ray(local_ray, tmp_path):
     out = run_training(tiny_config("resources.num_workers=2", "train.steps=4"), tmp_path, use_ray=True, log=lambda _: None)
     assert out["step"] == 4 and "eval/normalized_score" in out
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_run_that_cannot_fit_fails_at_once(local_ray, tmp_path):
+    from raydt.errors import ConfigError
+    from raydt.train.worker import run_with_ray
+
+    with pytest.raises(ConfigError, match="one run needs 4 workers × 1 CPU but the cluster has 2 CPU"):
+        run_with_ray(tiny_config("resources.num_workers=4"), tmp_path)

@@ -60,6 +60,10 @@ def run_training(
 
         device = torch.device("cuda" if config.resources.use_gpu else "cpu")
         return fit(config, run_dir, RunContext(device=device, log=log), resume=resume)
+    if address is None:  # a local Ray gets this machine: check before starting it
+        from raydt.resources import local_nodes, trial_capacity
+
+        trial_capacity(config.resources, local_nodes(), "resources")
     from raydt.train.worker import run_with_ray
 
     return run_with_ray(config, run_dir, address=address)

@@ -91,8 +91,12 @@ def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -
     """Run ``config`` through a ``TorchTrainer``; returns the last reported metrics."""
     import ray
 
+    from raydt.resources import trial_capacity
+
     if not ray.is_initialized():
         ray.init(address=address)
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    trial_capacity(config.resources, nodes, "resources")  # fail now rather than wait forever
     run_dir = run_dir.resolve()
     result = make_trainer(config, run_dir, "ray_train", str(run_dir)).fit()
     return dict(result.metrics or {})

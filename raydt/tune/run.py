@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from ray.tune import Stopper
 from raydt.config import RunConfig, build, to_dict
 from raydt.errors import ConfigError, RaydtError
 from raydt.fsutil import atomic_write_text
+from raydt.resources import local_nodes, trial_capacity
 from raydt.tune.spec import SweepSpec
 
 SWEEP_FILE = "sweep.yaml"
@@ -58,44 +58,17 @@ def plan_sweep(spec: SweepSpec, nodes: list[dict[str, float]]) -> Plan:
     """Check that a trial fits the cluster described by ``nodes`` (each a resources dict)
     and work out how many trials can run at once."""
     configs = [spec.trial_config(point) for point in spec.grid()] or [spec.base_config()]
-    resources = {(c.resources.num_workers, c.resources.cpus_per_worker, int(c.resources.use_gpu)) for c in configs}
+    resources = {c.resources for c in configs}
     if len(resources) > 1:
-        raise ConfigError(f"{spec.path}: all trials of a sweep must ask for the same resources; found {sorted(resources)}")
-    workers, cpus, gpus = resources.pop()
-    fits = [n for n in nodes if n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus]
-    total_cpu = sum(n.get("CPU", 0) for n in nodes)
-    total_gpu = sum(n.get("GPU", 0) for n in nodes)
-    need = f"{cpus} CPU" + (f" and {gpus} GPU" if gpus else "")
-    if not fits:
-        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-        raise ConfigError(
-            f"{spec.path}: a trial worker needs {need} but no node has that much "
-            f"(largest: {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU); lower "
-            "resources.cpus_per_worker, set resources.use_gpu=false, or add such nodes"
-        )
-    by_cpu = int(total_cpu // (workers * cpus))
-    by_gpu = int(total_gpu // (workers * gpus)) if gpus else by_cpu
-    concurrency = min(by_cpu, by_gpu, spec.num_trials)
-    if concurrency < 1:
-        raise ConfigError(
-            f"{spec.path}: one trial needs {workers} × {need} but the cluster has {total_cpu:g} CPU "
-            f"and {total_gpu:g} GPU in all; lower resources.num_workers"
-        )
+        raise ConfigError(f"{spec.path}: all trials of a sweep must ask for the same resources; found {sorted(map(str, resources))}")
+    res = resources.pop()
+    concurrency = min(trial_capacity(res, nodes, str(spec.path)), spec.num_trials)
     if spec.tune.max_concurrent:
         concurrency = min(concurrency, spec.tune.max_concurrent)
-    return Plan(spec.num_trials, workers, cpus, gpus, total_cpu, total_gpu, concurrency)
-
-
-def local_nodes() -> list[dict[str, float]]:
-    """This machine as a one-node cluster (for plans made without a running Ray)."""
-    gpus = 0
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except Exception:  # torch without CUDA support raises on some builds
-        pass
-    return [{"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}]
+    return Plan(
+        spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu),
+        sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes), concurrency,
+    )
 
 
 def ray_nodes() -> list[dict[str, float]]:

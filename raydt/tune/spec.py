@@ -28,6 +28,7 @@ from raydt.config import (
     RunConfig,
     apply_overrides,
     build,
+    leaf_fields,
     nonnegative,
     positive,
     read_spec,
@@ -175,11 +176,18 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
 
 
 def _flatten_search(search: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key → distribution entry; a run-config leaf or a one-kind mapping ends a path."""
+    leaves = leaf_fields(RunConfig)
     out: dict[str, Any] = {}
     for key, value in search.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and not (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS):
-            out.update(_flatten_search(value, dotted + "."))
-        else:
+        is_entry = (
+            dotted in leaves
+            or not isinstance(value, Mapping)
+            or (len(value) == 1 and next(iter(value)) in DISTRIBUTIONS)
+        )
+        if is_entry:
             out[dotted] = value
+        else:
+            out.update(_flatten_search(value, dotted + "."))
     return out

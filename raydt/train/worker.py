@@ -3,8 +3,8 @@
 Ray Train has already created the process group (gloo on CPU, NCCL on GPU) when
 :func:`train_loop_per_worker` starts. Each worker runs the plain-PyTorch loop of
 :mod:`raydt.train.loop` with its rank; every rank calls ``ray.train.report`` at every
-evaluation (Ray requires equal report counts), and rank 0 attaches the checkpoint so Ray's
-failure handling can restart from it.
+evaluation (Ray requires equal report counts); a restarted worker group resumes from the
+run directory's checkpoint.
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ def worker_context():
     rank = context.get_world_rank()
 
     def report(step: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
-        row = {**metrics, "step": step}
-        if checkpoint is not None:
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint.parent)))
-        else:
-            ray.train.report(row)
+        # Metrics only: the run directory's own checkpoint is what a restarted worker group
+        # or a resumed trial continues from, so handing Ray a copy would only double the disk.
+        ray.train.report({**metrics, "step": step})
 
     return RunContext(
         rank=rank,
@@ -81,7 +79,6 @@ def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str,
         run_config=RayRunConfig(
             name=name,
             storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks or [],
         ),
     )

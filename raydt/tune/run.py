@@ -81,8 +81,13 @@ def ray_nodes() -> list[dict[str, float]]:
 # Trials
 
 
-def run_trial(params: dict[str, Any], run_spec: dict[str, Any]) -> None:
-    """The Tune function trainable: build this trial's config and train it on Ray Train."""
+def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) -> None:
+    """The Tune function trainable: build this trial's config and train it on Ray Train.
+
+    The run directory is the trial's folder in the sweep's storage, not Tune's local staging
+    folder (``get_trial_dir``, fresh and empty when a restored trial starts): a resumed trial
+    must find its own checkpoint there.
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -92,7 +97,8 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any]) -> None:
     raw = apply_overrides(RawSpec(run_spec["values"], run_spec["origins"]), params, source="search")
     config = build(RunConfig, raw.values, raw.origins)
     context = tune.get_context()
-    trial_dir = Path(context.get_trial_dir())
+    name = f"trial_{context.get_trial_id().rsplit('_', 1)[-1]}"  # as _trial_name names its folder
+    trial_dir = Path(sweep_dir) / name if "://" not in sweep_dir else Path(context.get_trial_dir())
     trainer = make_trainer(
         config, trial_dir, name="train", storage_path=str(trial_dir), callbacks=[TuneReportCallback()]
     )
@@ -250,8 +256,12 @@ def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool
 
     base = spec.base_config()
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, run_spec={"values": spec.run.values, "origins": spec.run.origins}),
-        {"cpu": 0},  # the trial function only waits on its trainer, whose workers hold the resources
+        tune.with_parameters(
+            run_trial, run_spec={"values": spec.run.values, "origins": spec.run.origins}, sweep_dir=sweep_dir
+        ),
+        # The trial function only waits on its trainer, whose workers hold the CPUs and GPUs;
+        # Ray refuses an empty request, so it asks for a token amount of memory.
+        {"cpu": 0, "memory": 1 << 20},
     )
     if resume:
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,

@@ -68,7 +68,6 @@ def scaling_config(config: RunConfig):
 
 def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str, callbacks: list | None = None):
     """A ``TorchTrainer`` running ``config`` into ``run_dir`` (Ray's own files under ``storage_path/name``)."""
-    from ray.train import CheckpointConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 

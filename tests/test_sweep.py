@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,3 +120,23 @@ def test_sweep_refuses_to_overwrite_and_dry_run_plans(tmp_path):
     plan = subprocess.run([sys.executable, "-m", "raydt", "sweep", str(spec), "--dry-run"], cwd=REPO,
                           capture_output=True, text=True, check=True).stdout
     assert "trials:        2" in plan and "concurrency" in plan
+
+
+@pytest.mark.ray
+def test_sweep_on_a_two_node_cluster_places_trials_on_both(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        # One CPU per node: two concurrent one-worker trials must land on different nodes.
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        spec = tiny_sweep(tmp_path, seeds=2)
+        proc = raydt_sweep(str(spec), "--address", cluster.address)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "2 trial(s) TERMINATED" in out
+        placed = {json.loads((p / "run_info.json").read_text())["ray_node"] for p in (tmp_path / "tiny").glob("trial_*")}
+        assert placed == {n.node_id for n in nodes}
+    finally:
+        cluster.shutdown()

@@ -12,6 +12,7 @@ code): AdamW, linear warm-up, global-norm clipping, masked MSE on actions.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -53,6 +54,8 @@ class RunContext:
     """Called on every rank at every evaluation with (step, metrics, checkpoint path or None)."""
     log: Callable[[str], None] = print
     """Human-readable progress lines (rank 0 only)."""
+    node: str | None = None
+    """Ray node id of this process, when it runs under Ray (recorded in run_info.json)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -89,6 +92,11 @@ class RunData:
 
 def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunData:
     """Load the dataset and settle the evaluation environment and targets, or fail clearly."""
+    if cfg.loss.lambda1 or cfg.loss.lambda2:
+        raise ConfigError(
+            f"loss.lambda1={cfg.loss.lambda1}, loss.lambda2={cfg.loss.lambda2}: the cosine and "
+            "language-modelling objectives are not part of this version yet; set both to 0"
+        )
     traj = load_dataset(cfg.data.dataset, log=log)
     env_id = cfg.eval.env_id or traj.env_id or ""
     if not env_id:
@@ -191,6 +199,23 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------
 
+    def run_info(self) -> dict[str, Any]:
+        """Where and with what this run (or its latest resumption) ran."""
+        import platform
+
+        from raydt import __version__
+
+        return {
+            "hostname": platform.node(),
+            "ray_node": self.ctx.node,
+            "world_size": self.ctx.world_size,
+            "device": str(self.ctx.device),
+            "torch": torch.__version__,
+            "raydt": __version__,
+            "python": platform.python_version(),
+            "resumed_at_step": self.step,
+        }
+
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
             "model": strip_prefixes(self.model.state_dict()),
@@ -245,6 +270,7 @@ class Trainer:
         if lead:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.resolved.yaml", to_yaml(cfg))
+            atomic_write_text(self.run_dir / "run_info.json", json.dumps(self.run_info(), indent=1))
             sink = MultiSink(
                 JsonlSink(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None),
                 TensorBoardSink(self.run_dir),

@@ -18,6 +18,7 @@ from raydt.train.checkpoint import LAST
 
 def worker_context():
     """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -37,6 +38,7 @@ def worker_context():
         device=ray.train.torch.get_device(),
         report=report,
         log=print if rank == 0 else (lambda _: None),
+        node=ray.get_runtime_context().get_node_id(),
     )
 
 

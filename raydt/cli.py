@@ -141,8 +141,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_sweep(spec, out=args.out, address=args.address, resume=args.resume,
                         dry_run=args.dry_run, log=_log)
     if isinstance(outcome, Plan):
-        print("\n".join([f"sweep {spec.name} ({spec.path})", *outcome.lines()]))
-        for i, point in enumerate(spec.grid()[:20]):
+        print("\n".join([f"sweep {spec.name} ({spec.path})", *filter(None, outcome.lines())]))
+        for i, point in enumerate(p for p in spec.grid()[:20] if p):
             print(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
         return 0
     from raydt.tune.report import format_table, summarize

@@ -94,12 +94,15 @@ def test_readme_lint_command_passes():
 
 
 def test_every_raydt_command_in_the_readme_runs(tmp_path):
+    """Each README command runs as shown, long jobs shrunk to seconds with extra --set
+    overrides and run/sweep directories redirected to a temporary folder."""
     commands = readme_commands()
     text = (REPO / "README.md").read_text()
     tensorboard_dirs = re.findall(r"^tensorboard --logdir (\S+)", text, flags=re.M)
-    assert any(c.startswith("raydt data make") for c in commands)
+    assert any(c.startswith("raydt sweep tune_specs/quickstart.yaml") for c in commands)
     # The README's placeholder path stands for a real D4RL file: give it one.
     from raydt.data.d4rl import write_d4rl_hdf5
+    from tests.test_train import TINY
 
     d4rl_file = tmp_path / "hopper_medium-v2.hdf5"
     n = 50
@@ -108,17 +111,18 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
         "rewards": np.ones(n, np.float32), "terminals": np.eye(1, n, n - 1, dtype=bool)[0],
         "timeouts": np.zeros(n, bool),
     })
-    # Long jobs run as shown but shrunk to seconds with extra overrides; run directories go
-    # to a temporary folder.
-    from tests.test_train import TINY
-
     shrink = [a for item in (*TINY, "resources.num_workers=1") for a in ("--set", item)]
     for command in commands:
         command = command.replace("/path/to/hopper_medium-v2.hdf5", str(d4rl_file))
         argv = [re.sub(r"^runs/", f"{tmp_path}/runs/", a) for a in shlex.split(command)[1:]]
         if argv[0] == "train":
             argv += [*shrink, "--no-ray", "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
+        if argv[0] == "sweep" and "--dry-run" not in argv:
+            argv += [*shrink, "--out", f"{tmp_path}/runs"]
+        if argv[0] == "compare":
+            argv[argv.index("--out") + 1] = str(tmp_path / "curves.png")
         raydt(*argv)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
     # `tensorboard --logdir DIR` serves what TensorBoard's own reader finds there.
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
@@ -127,5 +131,7 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
         mux = EventMultiplexer()
         mux.AddRunsFromDirectory(str(tmp_path / logdir))
         mux.Reload()
-        tags = set().union(*(set(v.get("scalars", [])) for v in mux.Runs().values()))
+        runs = mux.Runs()
+        assert len(runs) >= 4  # one per quickstart trial (and Tune's own files beside them)
+        tags = set().union(*(set(v.get("scalars", [])) for v in runs.values()))
         assert {"eval/normalized_score", "train/loss", "perf/train_seconds"} <= tags

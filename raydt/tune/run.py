@@ -40,6 +40,8 @@ class Plan:
     cluster_cpus: float
     cluster_gpus: float
     concurrency: int
+    note: str = ""
+    """Why the cluster the plan was made for cannot run the sweep (dry runs only)."""
 
     def lines(self) -> list[str]:
         trial = f"{self.workers_per_trial} worker(s) × {self.cpus_per_worker} CPU"
@@ -50,7 +52,8 @@ class Plan:
             f"per trial:     {trial}",
             f"cluster:       {self.cluster_cpus:g} CPU, {self.cluster_gpus:g} GPU",
             f"concurrency:   {self.concurrency} trial(s) at a time",
-            f"waves:         {math.ceil(self.num_trials / max(self.concurrency, 1))}",
+            f"waves:         {math.ceil(self.num_trials / max(self.concurrency, 1))}" if self.concurrency else "",
+            f"note:          {self.note}" if self.note else "",
         ]
 
 
@@ -216,7 +219,14 @@ def run_sweep(
     storage, sweep_dir = sweep_location(spec, out)
     local = "://" not in storage
     if dry_run and address is None:
-        return plan_sweep(spec, local_nodes())
+        try:
+            return plan_sweep(spec, local_nodes())
+        except ConfigError as exc:  # a cluster spec planned on a laptop: say so, still plan
+            res = spec.base_config().resources
+            nodes = local_nodes()
+            return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu),
+                        sum(n["CPU"] for n in nodes), sum(n["GPU"] for n in nodes), 0,
+                        note=f"cannot run on this machine ({exc}); run it on a cluster with --address")
     if local and not resume and (Path(sweep_dir) / SWEEP_FILE).exists():
         raise RaydtError(
             f"{sweep_dir} already holds a sweep; finish it with --resume, or choose another "

@@ -44,8 +44,7 @@ def test_two_workers_hold_identical_weights(local_ray, tmp_path):
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
         run_config=RunConfig(name="t", storage_path=str(tmp_path / "ray")),
     )
-    result = trainer.fit()
-    assert result.metrics["step"] == 8
+    trainer.fit()
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)

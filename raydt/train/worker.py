@@ -86,7 +86,7 @@ def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str,
 
 
 def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
-    """Run ``config`` through a ``TorchTrainer``; returns the last reported metrics."""
+    """Run ``config`` through a ``TorchTrainer``; returns the latest value of every metric."""
     import ray
 
     from raydt.resources import trial_capacity
@@ -96,5 +96,9 @@ def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -
     nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
     trial_capacity(config.resources, nodes, "resources")  # fail now rather than wait forever
     run_dir = run_dir.resolve()
-    result = make_trainer(config, run_dir, "ray_train", str(run_dir)).fit()
-    return dict(result.metrics or {})
+    make_trainer(config, run_dir, "ray_train", str(run_dir)).fit()
+    # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
+    from raydt.logging import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    return {k: v for row in rows for k, v in row.items()}  # the latest value of every metric

@@ -371,11 +371,11 @@ def _add(raw: RawSpec, delta: Mapping[str, Any], source: str) -> None:
         raw.origins[key] = source
 
 
-def read_spec(path: str | Path, sections: Sequence[str] = (), _chain: tuple[Path, ...] = ()) -> RawSpec:
+def read_spec(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
     """Read a spec file and its ``extends:`` parents into one :class:`RawSpec`.
 
-    ``sections`` names extra top-level sections a caller understands (a sweep's ``search:``
-    and ``tune:``); they are kept untyped.
+    Sections are not checked here: :func:`build` checks the run part, and a sweep takes its
+    ``search:`` and ``tune:`` sections out first (``raydt.tune.spec``).
     """
     path = Path(path)
     where = " (extended from " + " → ".join(str(p) for p in _chain) + ")" if _chain else ""
@@ -398,7 +398,7 @@ def read_spec(path: str | Path, sections: Sequence[str] = (), _chain: tuple[Path
         raise ConfigError(f"{path}: 'extends' must be a path or a list of paths relative to the file")
     raw = RawSpec()
     for parent in parents:
-        sub = read_spec(path.parent / parent, sections, (*_chain, resolved))
+        sub = read_spec(path.parent / parent, (*_chain, resolved))
         raw.values = _merge(raw.values, sub.values)
         raw.origins.update(sub.origins)
     _add(raw, data, str(path))

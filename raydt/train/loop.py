@@ -299,9 +299,10 @@ class Trainer:
                     torch.cuda.synchronize(ctx.device)
                 now = time.perf_counter()
                 self.train_seconds += now - tick
+                mean_loss = (loss_sum / since_log).item()  # the host sync of this logging step
                 metrics = {
-                    "train/loss": (loss_sum / since_log).item(),
-                    "train/action_mse": (loss_sum / since_log).item(),
+                    "train/loss": mean_loss,
+                    "train/action_mse": mean_loss,
                     "train/grad_norm": (norm_sum / since_log).item(),
                     "train/lr": self.scheduler.get_last_lr()[0],
                     "perf/train_seconds": self.train_seconds,

@@ -90,11 +90,17 @@ class ModelConfig:
     n_layer: int | None = optional_positive()
     """Transformer blocks; null takes the size preset's."""
     backbone: str = "random"
-    """'random' (fresh init of the chosen size), a GPT-2 hub id such as 'gpt2', or a local model directory."""
+    """'random' (fresh GPT-2 of the chosen size); a hub id or local directory (GPT-2, CLIP, ImageGPT, any HF causal LM); or pretrain:SPEC.yaml (pre-trained by raydt, cached)."""
     dropout: float = _checked(0.2, lambda v: 0 <= v < 1, "a number in [0, 1)")
     """Dropout on embeddings, attention and residuals (Reid Table 7: 0.2)."""
     activation: Literal["relu", "gelu_new"] = "relu"
     """MLP activation of a randomly initialised backbone (Reid Table 7: ReLU)."""
+    positions: Literal["timestep", "pretrained", "random"] = "timestep"
+    """Timestep table: DT's own learned one, the LM's position table reused (Reid), or that shape re-initialised (Table 6)."""
+    freeze: Literal["none", "backbone", "backbone_except_layernorm"] = "none"
+    """Backbone parameters left out of training (Reid Table 5); embeddings, timesteps and heads always train."""
+    replace_block: int | None = _checked(None, lambda v: v is None or v >= 0, "null or a block index >= 0")
+    """Block i of model.backbone in an otherwise freshly initialised copy of it (Takagi §5.6.1); null keeps all."""
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -159,6 +165,22 @@ class LossConfig:
     """λ1: weight of the cosine similarity of input embeddings to language-embedding clusters."""
     lambda2: float = nonnegative(0.0)
     """λ2: weight of the language-modelling co-training loss."""
+    cosine_variant: Literal["paper", "as_coded"] = "paper"
+    """L_cos as in the paper (cosine of whole vectors) or as the released code computes it (per-coordinate max)."""
+    kmeans_clusters: int = positive(1000)
+    """C: k-means clusters of the backbone's token embeddings that L_cos compares against (released code: 1000)."""
+    lambda_schedule: Literal["linear", "sigmoid", "constant"] = "linear"
+    """How λ1 and λ2 decay: linear to 0 at lambda_decay_steps (paper), sigmoid as coded, or constant."""
+    lambda_decay_steps: int = positive(5000)
+    """Steps over which the schedule takes λ1 and λ2 to 0 (paper: 5000)."""
+    text: str = "wikitext-103"
+    """Text for L_LM: wikitext-103 (needs the network once), text:/path/to/file-or-dir, gcide:[PATH], pydoc:."""
+    lm_batch_size: int = positive(16)
+    """Text blocks per step for L_LM (on each worker)."""
+    lm_block_size: int = positive(128)
+    """Tokens per text block (capped by the backbone's position table)."""
+    track_text_loss: bool = False
+    """Also log eval/text_loss (held-out LM loss of the backbone) at each evaluation when λ2 is 0."""
 
 
 @dataclass(frozen=True)

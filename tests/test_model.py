@@ -6,11 +6,11 @@ import torch
 
 from raydt.config import ModelConfig
 from raydt.data.sampler import WindowSampler
+from raydt.losses import action_loss
 from raydt.model.backbone import build_backbone, strip_prefixes
 from raydt.model.build import build_model, rebuild_model
 from raydt.model.dt import ModelArgs
 from raydt.train.checkpoint import load_checkpoint, save_checkpoint
-from raydt.train.loop import action_loss
 from tests.test_data import random_trajectories
 
 TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, dropout=0.0)
@@ -96,8 +96,8 @@ def test_one_step_moves_every_trainable_parameter_and_no_frozen_one():
         moved = not torch.equal(before[name], p.detach())
         assert moved == p.requires_grad, name
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"backbone.wpe.weight", "backbone.wte.weight"}
-    assert torch.count_nonzero(model.backbone.wpe.weight) == 0  # positions switched off
+    assert frozen == {"backbone.hf.wpe.weight", "backbone.hf.wte.weight"}
+    assert torch.count_nonzero(model.backbone.hf.wpe.weight) == 0  # positions switched off
 
 
 def test_overfits_one_batch():
@@ -123,9 +123,9 @@ def test_size_presets_match_reid_table_9():
     sizes = {}
     for size in ("dt", "3m", "18m", "84m"):
         model, _ = build_model(ModelConfig(size=size), 11, 3, 20, 1000)
-        blocks = model.backbone.h
+        blocks = model.backbone.blocks
         sizes[size] = (model.args.n_embd, blocks[0].attn.num_heads, len(blocks),
-                       sum(p.numel() for p in model.backbone.h.parameters()))
+                       sum(p.numel() for p in model.backbone.blocks.parameters()))
     assert sizes["dt"][:3] == (128, 1, 3) and sizes["3m"][:3] == (256, 4, 4)
     assert sizes["18m"][:3] == (512, 8, 6) and sizes["84m"][:3] == (768, 12, 12)
     # transformer-block parameters: ~0.6M, ~3M, ~18M, ~84M
@@ -137,17 +137,21 @@ def test_pretrained_backbone_loads_by_path_with_report(tmp_path):
     from transformers import GPT2Config, GPT2Model
 
     torch.manual_seed(1)
-    lm = GPT2Model(GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, n_positions=64))
+    lm = GPT2Model(GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=50, n_positions=64,
+                              bos_token_id=0, eos_token_id=0))
     lm.save_pretrained(tmp_path / "tiny-gpt2")
     backbone, report = build_backbone((0, 0, 0), str(tmp_path / "tiny-gpt2"), 0.1, "relu", n_tokens=60)
-    assert report.new == [] and report.ignored == []
-    assert "h.0.attn.c_attn.weight" in report.loaded and report.disabled == ["wpe.weight"]
-    torch.testing.assert_close(backbone.h[1].mlp.c_fc.weight, lm.h[1].mlp.c_fc.weight)
+    assert report.new == [] and report.ignored == [] and report.kind == "gpt2"
+    assert "hf.h.0.attn.c_attn.weight" in report.loaded and report.disabled == ["hf.wpe.weight"]
+    torch.testing.assert_close(backbone.blocks[1].mlp.c_fc.weight, lm.h[1].mlp.c_fc.weight)
+    torch.testing.assert_close(backbone.position_table, lm.wpe.weight)  # kept for text and timesteps
     assert backbone.config.resid_pdrop == 0.1  # the run's dropout, not the checkpoint's
     model, _ = build_model(ModelConfig(backbone=str(tmp_path / "tiny-gpt2")), 5, 2, 20, 100)
     assert model.args.n_embd == 32
-    with pytest.raises(Exception, match="attends over at most 64 tokens"):
-        build_backbone((0, 0, 0), str(tmp_path / "tiny-gpt2"), 0.1, "relu", n_tokens=3 * 40)
+    # The switched-off position table no longer limits the context: 3·40 tokens > 64 positions.
+    long, _ = build_model(ModelConfig(backbone=str(tmp_path / "tiny-gpt2"), dropout=0.0), 5, 2, 40, 100)
+    batch = random_batch(b=2, k=40)
+    assert torch.isfinite(long.eval()(**batch)).all()
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="has no config.json"):
         build_backbone((0, 0, 0), str(tmp_path / "empty"), 0.1, "relu", n_tokens=60)

@@ -111,7 +111,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
         fit(tiny_config("train.batch_size=7"), tmp_path, RunContext(world_size=2, log=lambda _: None))
     with pytest.raises(RaydtError, match="needs Ray Train"):
         run_training(tiny_config("resources.num_workers=2"), tmp_path / "x", use_ray=False, log=lambda _: None)
-    with pytest.raises(RaydtError, match="loss.lambda1=0.1.*not part of this version yet"):
+    with pytest.raises(RaydtError, match="loss.lambda1=0.1.*need a language backbone"):
         run_training(tiny_config("loss.lambda1=0.1"), tmp_path / "z", use_ray=False, log=lambda _: None)
     with pytest.raises(RaydtError, match="not understood"):
         run_training(tiny_config("data.dataset=nope"), tmp_path / "y", use_ray=False, log=lambda _: None)

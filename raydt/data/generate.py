@@ -23,13 +23,10 @@ Qualities, by analogy with D4RL (Fu et al. 2020, §5):
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,6 +40,7 @@ from raydt.data.d4rl import read_d4rl_hdf5, write_d4rl_hdf5
 from raydt.data.tasks import ENV_VERSIONS, TASKS, Task, get_task, make_env
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
+from raydt.fsutil import data_dir, locked
 
 QUALITIES = ("random", "medium", "medium-replay", "expert", "medium-expert")
 """Dataset qualities raydt can generate for every task."""
@@ -173,16 +171,6 @@ def parse_generated(body: str, steps: int | None = None, seed: int | None = None
         integer("seed", seed if seed is not None else params.get("seed", 0)),
         env,
     )
-
-
-def data_dir() -> Path:
-    """Root of raydt's data cache: $RAYDT_DATA_DIR, else the user cache directory."""
-    env = os.environ.get("RAYDT_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("raydt"))
 
 
 def generated_path(spec: GeneratedSpec) -> Path:
@@ -338,7 +326,7 @@ def make_dataset(spec: GeneratedSpec, force: bool = False, log: Callable[[str], 
     file is written under a temporary name and renamed, so it is complete or absent.
     """
     path = generated_path(spec)
-    with _locked(path):
+    with locked(path):
         if path.is_file() and not force:
             return path
         started = time.time()
@@ -382,17 +370,6 @@ def _check_band(spec: GeneratedSpec, traj: Trajectories, log: Callable[[str], No
         return
     verdict = "within" if band[0] <= score <= band[1] else "OUTSIDE"
     log(f"normalized return mean {score:.1f}, {verdict} the usual {spec.quality} band {band}")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load_generated(spec: GeneratedSpec, log: Callable[[str], None] = print) -> Trajectories:

@@ -1,10 +1,21 @@
-"""Causal transformer backbones, loaded in one place with a report of what was loaded.
+"""Causal transformer backbones behind one small interface, loaded with a report.
 
-A backbone is a Hugging Face ``GPT2Model`` driven through ``inputs_embeds``: either a fresh
-one of a size preset, or a pre-trained one from the hub (``gpt2``) or a local directory.
-The Decision Transformer supplies its own timestep embedding, so the backbone's
-absolute-position table is switched off (zeroed and frozen): Chen et al.'s DT does the
-same by removing it from its copy of GPT-2.
+The Decision Transformer feeds a backbone embedded tokens (``inputs_embeds``) and reads its
+last hidden states; λ2 co-training also feeds it text. :class:`Backbone` gives every kind
+the same four operations:
+
+* ``forward(inputs_embeds, attention_mask)`` → hidden states, with the backbone's own
+  absolute positions switched off (DT adds its timestep embedding instead; Chen et al.'s
+  DT removes GPT-2's position table for the same reason);
+* ``lm_loss(input_ids)`` → the causal LM loss on text, positions on, output head tied to
+  the token embeddings;
+* ``token_embeddings`` (the matrix λ1's clusters come from) and ``position_table`` (the
+  pre-trained positions, reused for timesteps when ``model.positions: pretrained``);
+* ``blocks`` (for freezing, block replacement and the analyses).
+
+Kinds: ``gpt2`` (GPT-2 and raydt's own ChibiT), ``imagegpt`` (iGPT, its own LayerNorm kept),
+``clip`` (the causal text tower of CLIP; the image tower is not loaded) and ``auto`` (any
+other Hugging Face model that accepts ``inputs_embeds``: Llama, GPT-NeoX, SmolLM, …).
 """
 
 from __future__ import annotations
@@ -12,19 +23,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from raydt.errors import ConfigError
 
+KINDS = ("gpt2", "imagegpt", "clip", "auto")
+
 
 @dataclass
 class LoadReport:
-    """What happened to each weight when a pre-trained backbone was loaded."""
+    """What happened to each weight when a backbone was built."""
 
     source: str
     """Hub id or directory the weights came from ('random' for a fresh init)."""
+    kind: str = "gpt2"
+    """Backbone kind: gpt2, imagegpt, clip or auto."""
     loaded: list[str] = field(default_factory=list)
     """Backbone tensors whose values came from the checkpoint."""
     new: list[str] = field(default_factory=list)
@@ -33,11 +50,14 @@ class LoadReport:
     """Checkpoint tensors the backbone has no place for."""
     disabled: list[str] = field(default_factory=list)
     """Loaded tensors raydt switches off (the absolute-position table)."""
+    frozen: list[str] = field(default_factory=list)
+    """Backbone tensors left out of training (``model.freeze``)."""
 
     def summary(self) -> str:
         return (
-            f"backbone {self.source}: {len(self.loaded)} tensors loaded, {len(self.new)} new, "
-            f"{len(self.ignored)} ignored, {len(self.disabled)} disabled"
+            f"backbone {self.source} ({self.kind}): {len(self.loaded)} tensors loaded, "
+            f"{len(self.new)} new, {len(self.ignored)} ignored, {len(self.disabled)} disabled, "
+            f"{len(self.frozen)} frozen"
             + (f"; new: {', '.join(self.new[:8])}" if self.new else "")
             + (f"; ignored: {', '.join(self.ignored[:8])}" if self.ignored else "")
         )
@@ -53,8 +73,186 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+# --------------------------------------------------------------------------------------
+# The interface
+
+
+class Backbone(nn.Module):
+    """A Hugging Face transformer (``self.hf``) behind raydt's backbone interface."""
+
+    kind = "auto"
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+        table = self._own_positions()
+        # The pre-trained position table, kept for text (λ2) and for `positions: pretrained`
+        # while the model's own copy is switched off for trajectory tokens.
+        self.register_buffer("text_positions", None if table is None else table.detach().clone())
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    @property
+    def n_embd(self) -> int:
+        return int(self.token_embeddings.weight.shape[1])
+
+    @property
+    def token_embeddings(self) -> nn.Embedding:
+        return self.hf.get_input_embeddings()
+
+    @property
+    def position_table(self) -> torch.Tensor | None:
+        """(P, D) pre-trained absolute positions, or None for rotary / relative models."""
+        return self.text_positions
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        n = getattr(self.config, "num_hidden_layers", None)
+        for module in self.hf.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == n:
+                return module
+        raise ConfigError(f"cannot find the transformer blocks of {type(self.hf).__name__}")
+
+    def _own_positions(self) -> torch.Tensor | None:
+        return None
+
+    def switch_off_positions(self, report: LoadReport, n_tokens: int) -> None:
+        """Make the backbone ignore token order except through causal masking."""
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """inputs_embeds (B, T, D), attention_mask (B, T) → last hidden states (B, T, D)."""
+        return self.hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long()).last_hidden_state
+
+    def text_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, L, D) of text token ids (B, L), the model's positions on."""
+        return self.hf(input_ids=input_ids).last_hidden_state
+
+    def lm_loss(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy of ``input_ids`` (B, L), head tied to the token embeddings."""
+        hidden = self.text_hidden(input_ids[:, :-1])  # (B, L-1, D)
+        logits = hidden @ self.token_embeddings.weight.T  # (B, L-1, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), input_ids[:, 1:].flatten())
+
+    def max_text_length(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None)
+
+    def norm_parameter_names(self) -> set[str]:
+        """Names (relative to this module) of the normalisation layers' parameters."""
+        names = set()
+        for mod_name, module in self.named_modules():
+            cls = type(module).__name__.lower()
+            if "layernorm" in cls or "rmsnorm" in cls or isinstance(module, nn.LayerNorm):
+                for p_name, _ in module.named_parameters(recurse=False):
+                    names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+        return names
+
+
+class GPT2Backbone(Backbone):
+    """GPT-2 and ChibiT: wte, wpe, h, ln_f; the position table is zeroed for trajectories."""
+
+    kind = "gpt2"
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.hf.h
+
+    def _own_positions(self) -> torch.Tensor | None:
+        return self.hf.wpe.weight
+
+    def switch_off_positions(self, report: LoadReport, n_tokens: int) -> None:
+        # Zeros, and as many rows as the trajectory needs: positions no longer limit K.
+        rows = max(self.hf.wpe.num_embeddings, n_tokens)
+        weight = self.hf.wpe.weight
+        # from_pretrained draws no random numbers: the model's init stays that of its seed.
+        self.hf.wpe = nn.Embedding.from_pretrained(weight.new_zeros(rows, weight.shape[1]), freeze=True)
+        report.disabled.append("hf.wpe.weight")
+
+    def text_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = self.text_positions[: input_ids.shape[1]]  # (L, D)
+        embeds = self.token_embeddings(input_ids) + positions  # (B, L, D)
+        return self.hf(inputs_embeds=embeds).last_hidden_state
+
+    def max_text_length(self) -> int | None:
+        return None if self.text_positions is None else int(self.text_positions.shape[0])
+
+
+class ImageGPTBackbone(GPT2Backbone):
+    """ImageGPT: GPT-2's layout with its own (bias-free) LayerNorm, kept as it is."""
+
+    kind = "imagegpt"
+
+
+class CLIPTextBackbone(Backbone):
+    """CLIP's text transformer: causal, 77 learned positions, a final LayerNorm.
+
+    Trajectory tokens go straight to the encoder (its embedding layer, which adds the
+    positions, is bypassed), so the 77-token limit applies to text only.
+    """
+
+    kind = "clip"
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.hf.encoder.layers
+
+    def _own_positions(self) -> torch.Tensor | None:
+        return self.hf.embeddings.position_embedding.weight
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_causal_mask
+
+        mask = create_causal_mask(
+            config=self.config, inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask.long(), past_key_values=None,
+        )
+        out = self.hf.encoder(inputs_embeds=inputs_embeds, attention_mask=mask, is_causal=True)
+        return self.hf.final_layer_norm(out.last_hidden_state)
+
+    def max_text_length(self) -> int | None:
+        return int(self.text_positions.shape[0])
+
+
+_CLASSES: dict[str, type[Backbone]] = {
+    "gpt2": GPT2Backbone, "imagegpt": ImageGPTBackbone, "clip": CLIPTextBackbone, "auto": Backbone,
+}
+
+
+def _kind_of(model_type: str) -> str:
+    if model_type == "gpt2":
+        return "gpt2"
+    if model_type == "imagegpt":
+        return "imagegpt"
+    if model_type in ("clip", "clip_text_model"):
+        return "clip"
+    return "auto"
+
+
+def _hf_class(kind: str) -> Any:
+    import transformers
+
+    return {
+        "gpt2": transformers.GPT2Model,
+        "imagegpt": transformers.ImageGPTModel,
+        "clip": transformers.CLIPTextModel,
+        "auto": transformers.AutoModel,
+    }[kind]
+
+
+# --------------------------------------------------------------------------------------
+# Building
+
+
+def _set_dropout(config: Any, dropout: float) -> None:
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
+                 "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob"):
+        if isinstance(getattr(config, name, None), float):
+            setattr(config, name, dropout)
+
+
 def random_gpt2(n_embd: int, n_head: int, n_layer: int, dropout: float, activation: str,
-                n_positions: int = 1024):
+                n_positions: int = 1024) -> nn.Module:
     """A freshly initialised GPT-2 of the given shape (no token vocabulary to speak of)."""
     from transformers import GPT2Config, GPT2Model
 
@@ -69,66 +267,145 @@ def random_gpt2(n_embd: int, n_head: int, n_layer: int, dropout: float, activati
     return GPT2Model._from_config(config, attn_implementation="sdpa")
 
 
-def pretrained_gpt2(name_or_path: str, dropout: float):
-    """Load a pre-trained GPT-2 (hub id or directory) and report its weights."""
-    from transformers import GPT2Model
+def _from_config(kind: str, config: Any) -> nn.Module:
+    cls = _hf_class(kind)
+    make = cls.from_config if kind == "auto" else cls._from_config
+    try:
+        return make(config, attn_implementation="sdpa")
+    except (ValueError, TypeError):  # a model without an SDPA path (iGPT) runs eager
+        return make(config)
+
+
+def _load_config(name_or_path: str) -> Any:
+    from transformers import AutoConfig
 
     local = Path(name_or_path).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ConfigError(
             f"model.backbone={name_or_path!r}: {local} has no config.json; give a directory "
-            "written by save_pretrained or a hub id such as 'gpt2'"
+            "written by save_pretrained (or raydt pretrain) or a hub id such as 'gpt2'"
         )
     try:
-        model, info = GPT2Model.from_pretrained(
-            str(local) if local.exists() else name_or_path,
-            output_loading_info=True,
-            attn_implementation="sdpa",
-            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
-        )
-    except OSError as exc:
+        return AutoConfig.from_pretrained(str(local) if local.exists() else name_or_path)
+    except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("RAYDT_OFFLINE")
         raise ConfigError(
             f"model.backbone={name_or_path!r} could not be loaded ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0]}); give a local directory written by save_pretrained"
             + (" (downloads are off: HF_HUB_OFFLINE/RAYDT_OFFLINE)" if offline else "")
         ) from None
-    names = [n for n, _ in model.named_parameters()]
-    missing = set(info.get("missing_keys", []))
+
+
+def pretrained_backbone(name_or_path: str, dropout: float) -> tuple[Backbone, LoadReport]:
+    """Load a pre-trained backbone (hub id or directory) of any supported kind."""
+    config = _load_config(name_or_path)
+    kind = _kind_of(config.model_type)
+    if kind == "clip" and config.model_type == "clip":
+        config = config.text_config  # the text tower only
+    _set_dropout(config, dropout)
+    cls = _hf_class(kind)
+    local = Path(name_or_path).expanduser()
+    source = str(local) if local.exists() else name_or_path
+    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True}
+    try:
+        hf, info = cls.from_pretrained(source, attn_implementation="sdpa", **kwargs)
+    except (ValueError, TypeError):
+        hf, info = cls.from_pretrained(source, **kwargs)
+    if kind == "auto" and "inputs_embeds" not in _forward_params(hf):
+        raise ConfigError(
+            f"model.backbone={name_or_path!r}: {type(hf).__name__} does not accept inputs_embeds, "
+            "so it cannot read trajectory tokens; use a causal LM such as GPT-2, Llama or GPT-NeoX"
+        )
+    backbone = _CLASSES[kind](hf)
+    names = [n for n, _ in backbone.named_parameters()]
+    missing = {f"hf.{k}" for k in info.get("missing_keys", [])}
     report = LoadReport(
-        source=name_or_path,
+        source=name_or_path, kind=kind,
         loaded=[n for n in names if n not in missing],
         new=sorted(missing),
         ignored=sorted(info.get("unexpected_keys", [])),
     )
-    return model, report
+    return backbone, report
 
 
-def disable_position_table(backbone: nn.Module, report: LoadReport) -> None:
-    """Zero and freeze GPT-2's absolute positions: DT's timestep embedding replaces them."""
-    wpe = backbone.wpe
-    with torch.no_grad():
-        wpe.weight.zero_()
-    wpe.weight.requires_grad_(False)
-    report.disabled.append("wpe.weight")
+def _forward_params(module: nn.Module) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters)
 
 
-def build_backbone(size_dims: tuple[int, int, int], backbone: str, dropout: float,
-                   activation: str, n_tokens: int) -> tuple[nn.Module, LoadReport]:
-    """The backbone a model config asks for (attending over ``n_tokens``), with its load report."""
+def backbone_from_config(kind: str, config_dict: dict[str, Any]) -> Backbone:
+    """An uninitialised backbone of a stored kind and config (for rebuilding checkpoints)."""
+    from transformers import AutoConfig
+
+    config_dict = dict(config_dict)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    return _CLASSES[kind](_from_config(kind, config))
+
+
+def build_backbone(
+    size_dims: tuple[int, int, int],
+    backbone: str,
+    dropout: float,
+    activation: str,
+    n_tokens: int,
+    replace_block: int | None = None,
+) -> tuple[Backbone, LoadReport]:
+    """The backbone a model config asks for (attending over ``n_tokens``), with its load report.
+
+    With ``replace_block = i``, the architecture of ``backbone`` is freshly initialised and
+    only block i keeps its pre-trained weights (Takagi §5.6.1).
+    """
     if backbone == "random":
-        model = random_gpt2(*size_dims, dropout=dropout, activation=activation,
-                            n_positions=max(1024, n_tokens))
-        report = LoadReport("random", new=[n for n, _ in model.named_parameters()])
+        if replace_block is not None:
+            raise ConfigError("model.replace_block needs a pre-trained model.backbone to take the block from")
+        hf = random_gpt2(*size_dims, dropout=dropout, activation=activation, n_positions=max(1024, n_tokens))
+        model: Backbone = GPT2Backbone(hf)
+        report = LoadReport("random", kind="gpt2", new=[n for n, _ in model.named_parameters()])
     else:
-        model, report = pretrained_gpt2(backbone, dropout)
-        if model.config.n_positions < n_tokens:
-            raise ConfigError(
-                f"model.backbone={backbone!r} attends over at most {model.config.n_positions} "
-                f"tokens, but a context of {n_tokens // 3} steps needs {n_tokens}; "
-                "lower data.context_length"
-            )
-    disable_position_table(model, report)
-    # The token table serves text only (λ2 co-training); DT feeds inputs_embeds.
-    model.wte.weight.requires_grad_(False)
+        model, report = pretrained_backbone(backbone, dropout)
+        if replace_block is not None:
+            model, report = _replace_block(model, replace_block, backbone)
+    model.switch_off_positions(report, n_tokens)
+    # The token table serves text only (λ1's clusters, λ2's inputs and tied head); the
+    # trainer turns it back on when λ2 co-training updates it.
+    model.token_embeddings.weight.requires_grad_(False)
     return model, report
+
+
+def _replace_block(pretrained: Backbone, index: int, source: str) -> tuple[Backbone, LoadReport]:
+    n = len(pretrained.blocks)
+    if not 0 <= index < n:
+        raise ConfigError(f"model.replace_block={index}: {source} has blocks 0..{n - 1}")
+    fresh = type(pretrained)(_from_config(pretrained.kind, pretrained.config))
+    fresh.blocks[index].load_state_dict(pretrained.blocks[index].state_dict())
+    prefix = f"hf.{_block_prefix(fresh, index)}."
+    names = [name for name, _ in fresh.named_parameters()]
+    report = LoadReport(
+        source=f"{source} (block {index} only)", kind=pretrained.kind,
+        loaded=[x for x in names if x.startswith(prefix)],
+        new=[x for x in names if not x.startswith(prefix)],
+    )
+    return fresh, report
+
+
+def _block_prefix(model: Backbone, index: int) -> str:
+    target = model.blocks[index]
+    for name, module in model.hf.named_modules():
+        if module is target:
+            return name
+    raise AssertionError("block not found")  # blocks always come from hf's modules
+
+
+def freeze(backbone: Backbone, mode: str) -> list[str]:
+    """Freeze the backbone's parameters as ``model.freeze`` asks; returns the frozen names."""
+    if mode == "none":
+        return []
+    keep = backbone.norm_parameter_names() if mode == "backbone_except_layernorm" else set()
+    frozen = []
+    for name, param in backbone.named_parameters():
+        if name not in keep:
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen

@@ -2,36 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from raydt.config import ModelConfig
-from raydt.model.backbone import LoadReport, build_backbone
+from raydt.errors import ConfigError
+from raydt.model.backbone import LoadReport, backbone_from_config, build_backbone, freeze
 from raydt.model.dt import DecisionTransformer, ModelArgs
 
 
+def extend_table(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """``table`` (P, D) tiled to (rows, D): timestep t takes row t mod P.
+
+    Episodes are often longer than an LM's position table (CLIP: 77, GPT-2: 1024 against
+    Hopper's 1000 steps and Atari's thousands); tiling keeps every row a trained position.
+    """
+    reps = -(-rows // table.shape[0])
+    return table.repeat(reps, 1)[:rows].clone()
+
+
 def build_model(
-    cfg: ModelConfig, obs_dim: int, act_dim: int, context_length: int, max_timestep: int
+    cfg: ModelConfig, obs_dim: int, act_dim: int, context_length: int, max_timestep: int,
+    log: Callable[[str], None] = print,
 ) -> tuple[DecisionTransformer, LoadReport]:
     """A Decision Transformer as ``cfg`` describes it, and the backbone's load report."""
-    backbone, report = build_backbone(cfg.dims, cfg.backbone, cfg.dropout, cfg.activation, 3 * context_length)
+    from raydt.pretrain import resolve_backbone
+
+    source = resolve_backbone(cfg.backbone, log=log)
+    backbone, report = build_backbone(
+        cfg.dims, source, cfg.dropout, cfg.activation, 3 * context_length, replace_block=cfg.replace_block
+    )
+    table = backbone.position_table
+    if cfg.positions == "pretrained" and (table is None or cfg.backbone == "random"):
+        raise ConfigError(
+            f"model.positions=pretrained: model.backbone={cfg.backbone!r} has no pre-trained position "
+            "table to reuse; use positions 'timestep' or 'random'"
+        )
     args = ModelArgs(
         obs_dim=obs_dim,
         act_dim=act_dim,
-        n_embd=backbone.config.n_embd,
+        n_embd=backbone.n_embd,
         context_length=context_length,
         max_timestep=max_timestep,
         backbone_source=cfg.backbone,
         backbone_config=backbone.config.to_dict(),
+        backbone_kind=backbone.kind,
     )
-    return DecisionTransformer(args, backbone), report
+    model = DecisionTransformer(args, backbone)
+    if cfg.positions == "pretrained":
+        with torch.no_grad():
+            model.embed_timestep.weight.copy_(extend_table(table, max_timestep))
+        report.loaded.append(f"embed_timestep.weight (from the position table, {table.shape[0]} rows tiled)")
+    elif cfg.positions == "random":
+        # The pre-trained table's shape and initial scale, none of its values (Reid Table 6).
+        std = float(getattr(backbone.config, "initializer_range", 0.02))
+        nn.init.normal_(model.embed_timestep.weight, std=std)
+    report.frozen = freeze(backbone, cfg.freeze)
+    return model, report
 
 
 def rebuild_model(args: ModelArgs) -> DecisionTransformer:
     """An uninitialised-weights twin of a saved model, ready for ``load_state_dict``."""
-    from transformers import GPT2Config, GPT2Model
-
-    config = GPT2Config.from_dict(args.backbone_config)
-    backbone: nn.Module = GPT2Model._from_config(config, attn_implementation="sdpa")
-    backbone.wpe.weight.requires_grad_(False)
-    backbone.wte.weight.requires_grad_(False)
+    backbone = backbone_from_config(args.backbone_kind, args.backbone_config)
+    backbone.switch_off_positions(LoadReport(args.backbone_source), 3 * args.context_length)
     return DecisionTransformer(args, backbone)

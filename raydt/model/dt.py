@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from raydt.model.backbone import Backbone
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -30,6 +32,8 @@ class ModelArgs:
     """'random' or the hub id / directory the backbone weights first came from."""
     backbone_config: dict[str, Any] = field(default_factory=dict)
     """The backbone's Hugging Face config, so a checkpoint rebuilds it without the source."""
+    backbone_kind: str = "gpt2"
+    """Which :class:`raydt.model.backbone.Backbone` wraps it: gpt2, imagegpt, clip or auto."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +42,7 @@ class ModelArgs:
 class DecisionTransformer(nn.Module):
     """Predicts a_t from (R̂, s, a) tokens up to s_t."""
 
-    def __init__(self, args: ModelArgs, backbone: nn.Module) -> None:
+    def __init__(self, args: ModelArgs, backbone: Backbone) -> None:
         super().__init__()
         self.args = args
         h = args.n_embd
@@ -75,6 +79,13 @@ class DecisionTransformer(nn.Module):
         token_mask = mask.repeat_interleave(3, dim=1)  # (B, 3K)
         return tokens, token_mask
 
+    def predict(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens (B, 3K, h) and their mask (B, 3K) → predicted actions (B, K, act)."""
+        b, t, h = tokens.shape
+        hidden = self.backbone(tokens, token_mask)  # (B, 3K, h)
+        hidden = hidden.reshape(b, t // 3, 3, h)  # (B, K, 3, h)
+        return self.predict_action(hidden[:, :, 1])  # (B, K, act) from s_t tokens
+
     def forward(
         self,
         states: torch.Tensor,
@@ -84,8 +95,4 @@ class DecisionTransformer(nn.Module):
         mask: torch.Tensor,
     ) -> torch.Tensor:
         """Predicted actions (B, K, act), one per step, each from its state token."""
-        b, k, _ = states.shape
-        tokens, token_mask = self.embed(states, actions, returns_to_go, timesteps, mask)
-        hidden = self.backbone(inputs_embeds=tokens, attention_mask=token_mask.long()).last_hidden_state
-        hidden = hidden.reshape(b, k, 3, self.args.n_embd)  # (B, K, 3, h)
-        return self.predict_action(hidden[:, :, 1])  # (B, K, act) from s_t tokens
+        return self.predict(*self.embed(states, actions, returns_to_go, timesteps, mask))

@@ -30,13 +30,16 @@ from raydt.config import RunConfig, to_dict, to_yaml
 from raydt.data.sampler import Batch, WindowSampler
 from raydt.data.sources import load_dataset
 from raydt.data.tasks import task_from_env_id
+from raydt.data.text import TextSampler, parse_text_uri, split_tokens, tokenize_cached
 from raydt.data.trajectories import Trajectories
 from raydt.errors import ConfigError, RaydtError
 from raydt.eval.rollout import evaluate
 from raydt.fsutil import atomic_write_text
 from raydt.logging import JsonlSink, MultiSink, Sink, TensorBoardSink
+from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
 from raydt.model.backbone import strip_prefixes
 from raydt.model.build import build_model
+from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
 from raydt.train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
@@ -65,13 +68,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE over real (unpadded) steps: pred/target (B, K, act), mask (B, K) → scalar."""
-    err = (pred - target).square().mean(dim=-1)  # (B, K)
-    weight = mask.to(err.dtype)
-    return (err * weight).sum() / weight.sum().clamp(min=1.0)
-
-
 def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
     """DT's schedule: the learning rate rises linearly to its peak over ``warmup_steps``."""
     return lambda step: min((step + 1) / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
@@ -91,12 +87,11 @@ class RunData:
 
 
 def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunData:
-    """Load the dataset and settle the evaluation environment and targets, or fail clearly."""
-    if cfg.loss.lambda1 or cfg.loss.lambda2:
-        raise ConfigError(
-            f"loss.lambda1={cfg.loss.lambda1}, loss.lambda2={cfg.loss.lambda2}: the cosine and "
-            "language-modelling objectives are not part of this version yet; set both to 0"
-        )
+    """Load the dataset and settle the evaluation environment and targets, or fail clearly.
+
+    Also checks the objectives' inputs that are cheap to check (before any model is built).
+    """
+    check_objectives(cfg)
     traj = load_dataset(cfg.data.dataset, log=log)
     env_id = cfg.eval.env_id or traj.env_id or ""
     if not env_id:
@@ -115,6 +110,48 @@ def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunD
     return RunData(traj, env_id, targets, max_timestep)
 
 
+def check_objectives(cfg: RunConfig) -> None:
+    """λ1 and λ2 need a language backbone (token embeddings, a tokenizer) and real text."""
+    loss = cfg.loss
+    if (loss.lambda1 or loss.lambda2) and cfg.model.backbone == "random" and cfg.model.replace_block is None:
+        raise ConfigError(
+            f"loss.lambda1={loss.lambda1}, loss.lambda2={loss.lambda2} need a language backbone "
+            "(its token embeddings and tokenizer), but model.backbone is 'random'; set model.backbone "
+            "to a pre-trained model (e.g. gpt2, a directory, or pretrain:SPEC.yaml) or set both to 0"
+        )
+    if loss.lambda2 or loss.track_text_loss:
+        parse_text_uri(loss.text)
+
+
+class Objective(nn.Module):
+    """L = L_action + λ1·L_cos + λ2·L_LM in one forward, so DDP sees every parameter it updates.
+
+    ``centers`` (C, D) are the k-means centres of the backbone's token embeddings (λ1), fixed
+    at the start of the run.
+    """
+
+    def __init__(self, model: DecisionTransformer, centers: torch.Tensor | None, variant: str) -> None:
+        super().__init__()
+        self.model = model
+        self.variant = variant
+        self.register_buffer("centers", centers)
+
+    def forward(self, batch: Batch, text: torch.Tensor | None, lambda1: float, lambda2: float) -> dict[str, torch.Tensor]:
+        tokens, token_mask = self.model.embed(batch.states, batch.actions, batch.returns_to_go,
+                                              batch.timesteps, batch.mask)  # (B, 3K, h), (B, 3K)
+        pred = self.model.predict(tokens, token_mask)  # (B, K, act)
+        out = {"action": action_loss(pred.float(), batch.actions, batch.mask)}
+        total = out["action"]
+        if self.centers is not None:
+            out["cos"] = cosine_cluster_loss(tokens.float(), self.centers, token_mask, self.variant)
+            total = total + lambda1 * out["cos"]
+        if text is not None:
+            out["lm"] = self.model.backbone.lm_loss(text)
+            total = total + lambda2 * out["lm"]
+        out["total"] = total
+        return out
+
+
 @dataclass
 class Trainer:
     """The pieces of one run, built once; :meth:`fit` drives them."""
@@ -123,8 +160,13 @@ class Trainer:
     run_dir: Path
     ctx: RunContext
     model: DecisionTransformer = field(init=False)
+    objective: Objective = field(init=False)
     module: nn.Module = field(init=False)
-    """The model as stepped: ``model`` itself, or its DDP wrapper."""
+    """The objective as stepped: ``objective`` itself, or its DDP wrapper."""
+    text: TextSampler | None = field(init=False, default=None)
+    """Training text blocks for λ2 (None without co-training)."""
+    held_text: torch.Tensor | None = field(init=False, default=None)
+    """Fixed held-out text blocks for eval/text_loss (None when not tracked)."""
     sampler: WindowSampler = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
@@ -150,16 +192,20 @@ class Trainer:
 
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(cfg.train.seed)
+        quiet: Callable[[str], None] = ctx.log if ctx.rank == 0 else (lambda _: None)
         self.model, report = build_model(
-            cfg.model, traj.obs_dim, traj.act_dim, cfg.data.context_length, data.max_timestep
+            cfg.model, traj.obs_dim, traj.act_dim, cfg.data.context_length, data.max_timestep, log=quiet
         )
-        if ctx.rank == 0:
-            ctx.log(report.summary())
+        quiet(report.summary())
+        self._build_objectives(quiet)
         self.model.to(ctx.device)
-        self.module = self.model
+        self.objective.to(ctx.device)
+        self.module = self.objective
         if ctx.world_size > 1:
             self.module = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+                self.objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                # Once λ2 has decayed to 0 the LM forward is skipped and the token table idles.
+                find_unused_parameters=cfg.loss.lambda2 > 0,
             )
         # Different windows on every rank; the seed stays a function of (seed, rank).
         self.sampler = WindowSampler(
@@ -170,22 +216,83 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.optim.warmup_steps))
 
+    def _build_objectives(self, log: Callable[[str], None]) -> None:
+        """λ1's cluster centres and λ2's text, when the run uses them."""
+        from raydt.pretrain import resolve_backbone
+
+        cfg, loss = self.config, self.config.loss
+        backbone = self.model.backbone
+        centers = None
+        if loss.lambda1 > 0:
+            unit, means = cached_clusters(backbone.token_embeddings.weight, loss.kmeans_clusters,
+                                          seed=0, log=log)
+            centers = unit if loss.cosine_variant == "paper" else means
+        self.objective = Objective(self.model, centers, loss.cosine_variant)
+        if not (loss.lambda2 > 0 or loss.track_text_loss):
+            return
+        from transformers import AutoTokenizer
+
+        source = resolve_backbone(cfg.model.backbone, log=log)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"loss.lambda2 / loss.track_text_loss: model.backbone={cfg.model.backbone!r} has no "
+                f"usable tokenizer ({exc.__class__.__name__}); co-training needs a language model"
+            ) from None
+        if len(tokenizer) > backbone.token_embeddings.num_embeddings:
+            raise ConfigError(f"the tokenizer of {source} ({len(tokenizer)} tokens) does not match its "
+                              f"embedding table ({backbone.token_embeddings.num_embeddings} rows)")
+        train_ids, held_ids = split_tokens(tokenize_cached(loss.text, tokenizer, log=log))
+        block = loss.lm_block_size
+        limit = backbone.max_text_length()
+        if limit is not None and block > limit:
+            log(f"loss.lm_block_size={block} exceeds the backbone's {limit} positions; using {limit}")
+            block = limit
+        # Draw block+1 ids: the LM loss predicts ids[1:] from ids[:-1].
+        if loss.lambda2 > 0:
+            self.text = TextSampler(train_ids, block, device=self.ctx.device,
+                                    seed=cfg.train.seed * 1009 + self.ctx.rank + 1)
+            if cfg.model.freeze == "none":
+                backbone.token_embeddings.weight.requires_grad_(True)  # the tied head learns too
+        held = TextSampler(held_ids, min(block, len(held_ids) - 2), device=self.ctx.device)
+        self.held_text = held.fixed_blocks(32)
+
+    def lambdas(self) -> tuple[float, float]:
+        """(λ1, λ2) in force at the current step."""
+        loss = self.config.loss
+        factor = lambda_factor(loss.lambda_schedule, self.step, loss.lambda_decay_steps)
+        return loss.lambda1 * factor, loss.lambda2 * factor
+
     # ----------------------------------------------------------------------------------
 
-    def train_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns (loss, pre-clip gradient norm) as device tensors."""
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns the losses and the pre-clip gradient norm (device tensors)."""
+        lambda1, lambda2 = self.lambdas()
+        text = self.text.sample(self.config.loss.lm_batch_size) if self.text is not None and lambda2 > 0 else None
         use_bf16 = self.ctx.device.type == "cuda"
         with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = self.module(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
-        loss = action_loss(pred.float(), batch.actions, batch.mask)
+            losses = self.module(batch, text, lambda1, lambda2)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses["total"].backward()
         clip = self.config.optim.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), norm.detach()
+        out = {name: value.detach() for name, value in losses.items()}
+        out["grad_norm"] = norm.detach()
+        return out
+
+    @torch.no_grad()
+    def text_loss(self) -> float:
+        """Held-out LM loss of the backbone on the fixed text blocks."""
+        assert self.held_text is not None
+        self.model.eval()
+        total = sum(float(self.model.backbone.lm_loss(chunk)) * len(chunk)
+                    for chunk in self.held_text.split(8))
+        self.model.train()
+        return total / len(self.held_text)
 
     def evaluate(self) -> dict[str, float]:
         cfg = self.config
@@ -195,6 +302,8 @@ class Trainer:
             self.model, self.env_id, self.targets, cfg.eval.episodes, cfg.train.seed,
             self.sampler.state_mean, self.sampler.state_std, cfg.data.reward_scale, self.ctx.device,
         )
+        if self.held_text is not None:
+            metrics["eval/text_loss"] = self.text_loss()
         return metrics
 
     # ----------------------------------------------------------------------------------
@@ -234,6 +343,9 @@ class Trainer:
             "perf": {"train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds},
             "best_score": self.best_score,
             "evals_since_best": self.evals_since_best,
+            # λ2 moves the token table; a resumed run keeps the centres it started with.
+            "cluster_centers": self.objective.centers,
+            "text_rng": self.text.generator.get_state() if self.text is not None else None,
         }
 
     def restore(self, payload: dict[str, Any]) -> None:
@@ -252,6 +364,10 @@ class Trainer:
         self.eval_seconds = float(payload["perf"]["eval_seconds"])
         self.best_score = float(payload["best_score"])
         self.evals_since_best = int(payload["evals_since_best"])
+        if payload.get("cluster_centers") is not None:
+            self.objective.centers = payload["cluster_centers"].to(self.ctx.device)
+        if self.text is not None and payload.get("text_rng") is not None and self.ctx.rank == 0:
+            self.text.generator.set_state(payload["text_rng"].cpu())
 
     # ----------------------------------------------------------------------------------
 
@@ -276,8 +392,8 @@ class Trainer:
                 TensorBoardSink(self.run_dir),
             )
         last: dict[str, float] = {}
-        loss_sum = torch.zeros((), device=ctx.device)
-        norm_sum = torch.zeros((), device=ctx.device)
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         since_log = 0
         tick = time.perf_counter()
         log_tick, log_step = tick, self.step
@@ -285,10 +401,12 @@ class Trainer:
         stop = False
         try:
             while self.step < cfg.train.steps and not stop:
-                loss, norm = self.train_step(self.sampler.sample(per_rank))
+                lambda1, lambda2 = self.lambdas()
+                step_out = self.train_step(self.sampler.sample(per_rank))
                 # Accumulate on the device: no host sync until a logging step.
-                loss_sum += loss
-                norm_sum += norm
+                for name, value in step_out.items():
+                    sums[name] = sums[name] + value if name in sums else value.clone()
+                    counts[name] = counts.get(name, 0) + 1
                 since_log += 1
                 self.step += 1
                 at_log = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
@@ -299,19 +417,29 @@ class Trainer:
                     torch.cuda.synchronize(ctx.device)
                 now = time.perf_counter()
                 self.train_seconds += now - tick
-                mean_loss = (loss_sum / since_log).item()  # the host sync of this logging step
+                names = sorted(sums)
+                # One host sync per logging step for all the accumulated means.
+                totals = torch.stack([sums[n] for n in names]).tolist()
+                means = {n: t / counts[n] for n, t in zip(names, totals)}
                 metrics = {
-                    "train/loss": mean_loss,
-                    "train/action_mse": mean_loss,
-                    "train/grad_norm": (norm_sum / since_log).item(),
+                    "train/loss": means["total"],
+                    "train/action_mse": means["action"],
+                    "train/grad_norm": means["grad_norm"],
                     "train/lr": self.scheduler.get_last_lr()[0],
                     "perf/train_seconds": self.train_seconds,
                     "perf/steps_per_second": (self.step - log_step) / max(now - log_tick, 1e-9),
                 }
+                if cfg.loss.lambda1 > 0:
+                    metrics["train/loss_cos"] = means["cos"]
+                    metrics["train/lambda1"] = lambda1
+                if cfg.loss.lambda2 > 0:
+                    if "lm" in means:  # text is drawn only while λ2 is above 0
+                        metrics["train/loss_lm"] = means["lm"]
+                    metrics["train/lambda2"] = lambda2
                 if not math.isfinite(metrics["train/loss"]):
                     raise RaydtError(f"training diverged: train/loss is {metrics['train/loss']} at step {self.step}")
-                loss_sum.zero_()
-                norm_sum.zero_()
+                sums.clear()
+                counts.clear()
                 since_log = 0
                 checkpoint = None
                 if at_eval:

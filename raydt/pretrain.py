@@ -1,0 +1,380 @@
+"""Pre-training a GPT-2 on text: Reid et al.'s ChibiT, or any size preset.
+
+``raydt pretrain SPEC`` trains a causal LM and saves a Hugging Face directory (model and
+tokenizer) that ``model.backbone`` accepts; ``model.backbone: pretrain:SPEC.yaml`` does the
+same on demand, cached by the resolved spec, so a sweep can compare random and
+language-pretrained initialisation with no file made by hand.
+
+ChibiT (Reid §4): the DT shape (128 dim, 1 head, 3 layers) pre-trained on WikiText-103 with
+GPT-2's BPE, lr 3e-4, 65,536-token batches, 80k steps, 10k warm-up; those are the defaults
+below. Offline, GPT-2's tokenizer cannot be fetched and a byte-level BPE is trained on the
+corpus instead (``tokenizer: auto`` picks whichever is possible, and the run records which).
+
+Run directory: ``config.resolved.yaml``, ``metrics.jsonl`` and TensorBoard events
+(``train/loss``, ``train/perplexity``, ``eval/loss``, ``eval/perplexity``),
+``checkpoints/last.pt`` (resumable) and ``model/`` (the Hugging Face directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from raydt.config import (
+    SIZE_PRESETS,
+    _checked,
+    load_config,
+    nonnegative,
+    optional_positive,
+    positive,
+    to_dict,
+    to_yaml,
+)
+from raydt.errors import ConfigError, RaydtError
+from raydt.fsutil import atomic_write_text, data_dir, locked
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The text and its tokenizer."""
+
+    text: str = "wikitext-103"
+    """Text source: wikitext-103, text:/path/to/file-or-dir, gcide:[PATH] or pydoc:."""
+    tokenizer: str = "auto"
+    """auto (GPT-2's if it can be loaded, else bpe), bpe (byte-level BPE trained on the text), or a hub id / directory."""
+    vocab_size: int = positive(50257)
+    """Vocabulary of a trained BPE (GPT-2's size by default; small corpora stop earlier)."""
+    block_size: int = positive(512)
+    """Tokens per training sequence; also the size of the model's position table."""
+
+
+@dataclass(frozen=True)
+class PretrainModelConfig:
+    """The GPT-2 being pre-trained."""
+
+    size: Literal["dt", "3m", "18m", "84m"] = "dt"
+    """Size preset (ChibiT is dt: 128 dim, 1 head, 3 layers)."""
+    n_embd: int | None = optional_positive()
+    """Embedding dimension; null takes the size preset's."""
+    n_head: int | None = optional_positive()
+    """Attention heads; null takes the size preset's."""
+    n_layer: int | None = optional_positive()
+    """Transformer blocks; null takes the size preset's."""
+    activation: Literal["relu", "gelu_new"] = "gelu_new"
+    """MLP activation (GPT-2: gelu_new)."""
+    dropout: float = _checked(0.1, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    """Dropout on embeddings, attention and residuals (GPT-2: 0.1)."""
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        preset = SIZE_PRESETS[self.size]
+        return (self.n_embd or preset[0], self.n_head or preset[1], self.n_layer or preset[2])
+
+
+@dataclass(frozen=True)
+class PretrainOptimConfig:
+    """AdamW with warm-up and cosine decay."""
+
+    lr: float = positive(3e-4)
+    """Peak learning rate (ChibiT: 3e-4)."""
+    weight_decay: float = nonnegative(0.01)
+    """AdamW weight decay."""
+    warmup_steps: int = nonnegative(10_000)
+    """Steps of linear warm-up (ChibiT: 10k)."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """After warm-up: cosine decay to 10% of the peak at the last step, or constant."""
+    grad_clip: float = nonnegative(1.0)
+    """Maximum global gradient norm; 0 disables clipping."""
+
+
+@dataclass(frozen=True)
+class PretrainTrainConfig:
+    """Length and rhythm of pre-training."""
+
+    steps: int = positive(80_000)
+    """Optimizer steps (ChibiT: 80k)."""
+    batch_size: int = positive(128)
+    """Sequences per step (128 × 512 = 65,536 tokens, ChibiT's batch)."""
+    eval_every: int = positive(1000)
+    """Steps between held-out evaluations (and saves of model/)."""
+    log_every: int = positive(100)
+    """Steps between training-metric logs."""
+    eval_blocks: int = positive(64)
+    """Held-out sequences per evaluation (the same ones every time)."""
+    seed: int = nonnegative(0)
+    """Seed of initialisation, tokenizer training and sampling."""
+    threads: int = positive(2)
+    """PyTorch CPU threads."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when visible, else CPU."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that defines one pre-training run."""
+
+    corpus: CorpusConfig = CorpusConfig()
+    model: PretrainModelConfig = PretrainModelConfig()
+    optim: PretrainOptimConfig = PretrainOptimConfig()
+    train: PretrainTrainConfig = PretrainTrainConfig()
+
+
+def load_pretrain_config(path: str | Path, overrides: Any = ()) -> PretrainConfig:
+    return load_config(path, overrides, cls=PretrainConfig)
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _train_bpe(text: str, vocab_size: int) -> Any:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    lines = (text[i:i + 100_000] for i in range(0, len(text), 100_000))
+    bpe.train_from_iterator(lines, vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>", model_max_length=1_000_000,
+    )
+
+
+def make_tokenizer(cfg: CorpusConfig, log: Callable[[str], None] = print) -> tuple[Any, str]:
+    """(tokenizer, what it is): GPT-2's, a trained BPE, or one from a hub id / directory."""
+    from transformers import AutoTokenizer
+
+    from raydt.data.text import parse_text_uri
+
+    choice = cfg.tokenizer
+    if choice != "bpe":
+        name = "gpt2" if choice == "auto" else choice
+        try:
+            tok = AutoTokenizer.from_pretrained(name)
+            tok.model_max_length = 1_000_000  # blocks are cut by raydt, not the tokenizer
+            return tok, name
+        except (OSError, ValueError) as exc:
+            if choice != "auto":
+                raise ConfigError(f"corpus.tokenizer={choice!r} could not be loaded ({exc.__class__.__name__}); "
+                                  "give a directory holding a tokenizer, or use bpe") from None
+            log("GPT-2's tokenizer is not available offline: training a byte-level BPE on the corpus")
+    text = parse_text_uri(cfg.text).read()
+    return _train_bpe(text, cfg.vocab_size), f"bpe-{cfg.vocab_size}"
+
+
+# --------------------------------------------------------------------------------------
+# Training
+
+
+def _lr_factor(step: int, cfg: PretrainOptimConfig, total: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def held_out_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
+    """Mean next-token loss of ``model`` (a causal LM with labels) over ``blocks`` (N, L)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        chunk = blocks[start:start + batch_size]
+        total += float(model(input_ids=chunk, labels=chunk).loss) * len(chunk)
+        count += len(chunk)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _save_hf(model: nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+    """Write the Hugging Face directory next to ``out`` and swap it in whole."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "raydt_pretrain.json").write_text(json.dumps(info, indent=1))
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
+             log: Callable[[str], None] = print) -> dict[str, float]:
+    """Pre-train ``cfg`` into ``run_dir``; returns the last metrics."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from raydt.data.text import TextSampler, split_tokens, tokenize_cached
+    from raydt.logging import JsonlSink, MultiSink, TensorBoardSink
+    from raydt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from raydt.train.loop import seed_everything
+
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if resume and not ckpt_path.is_file():
+        raise RaydtError(f"--resume: {ckpt_path} not found; run without --resume to start afresh")
+    if not resume and ckpt_path.exists():
+        raise RaydtError(f"{run_dir} already holds a pre-training run; continue it with --resume or pick another --out")
+    torch.set_num_threads(cfg.train.threads)
+    device = torch.device("cuda" if cfg.train.device == "cuda" or (
+        cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+    seed_everything(cfg.train.seed)
+
+    # The tokenizer is saved before anything uses it, so a resumed run encodes identically.
+    tok_dir = run_dir / "tokenizer"
+    if resume and tok_dir.is_dir():
+        tokenizer, tok_name = AutoTokenizer.from_pretrained(tok_dir), json.loads((tok_dir / "raydt.json").read_text())["name"]
+    else:
+        tokenizer, tok_name = make_tokenizer(cfg.corpus, log=log)
+        tokenizer.save_pretrained(tok_dir)
+        (tok_dir / "raydt.json").write_text(json.dumps({"name": tok_name}))
+    ids = tokenize_cached(cfg.corpus.text, tokenizer, log=log)
+    train_ids, held_ids = split_tokens(ids)
+    block = cfg.corpus.block_size
+    log(f"corpus {cfg.corpus.text}: {len(ids):,} tokens ({tok_name}, vocabulary {len(tokenizer):,}); "
+        f"{len(held_ids):,} held out")
+    # Samplers draw length+1 ids; HF's causal LM shifts labels itself, so blocks hold `block` ids.
+    sampler = TextSampler(train_ids, block - 1, device=device, seed=cfg.train.seed)
+    held = TextSampler(held_ids, min(block - 1, max(8, len(held_ids) // 2)), device=device).fixed_blocks(
+        cfg.train.eval_blocks)
+
+    n_embd, n_head, n_layer = cfg.model.dims
+    if n_embd % n_head:
+        raise ConfigError(f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}")
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    hf_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=block, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
+        activation_function=cfg.model.activation, resid_pdrop=cfg.model.dropout,
+        embd_pdrop=cfg.model.dropout, attn_pdrop=cfg.model.dropout, bos_token_id=eos, eos_token_id=eos,
+        tie_word_embeddings=True,
+    )
+    model = GPT2LMHeadModel._from_config(hf_config, attn_implementation="sdpa").to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr, betas=(0.9, 0.95),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.optim, cfg.train.steps))
+    step, train_seconds = 0, 0.0
+    if resume:
+        payload = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        step, train_seconds = int(payload["step"]), float(payload["train_seconds"])
+        set_rng_state(payload["rng"])
+        sampler.generator.set_state(payload["sampler_rng"].cpu())
+        log(f"resumed from {ckpt_path} at step {step}")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.resolved.yaml", to_yaml(cfg))
+    sink = MultiSink(JsonlSink(run_dir / "metrics.jsonl", resume_step=step if resume else None), TensorBoardSink(run_dir))
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"pre-training a {n_params / 1e6:.2f}M-parameter GPT-2 ({n_embd}/{n_head}/{n_layer}) for "
+        f"{cfg.train.steps} steps of {cfg.train.batch_size}×{block} tokens on {device}")
+    info = {"tokenizer": tok_name, "text": cfg.corpus.text, "config": to_dict(cfg)}
+    use_bf16 = device.type == "cuda"
+    last: dict[str, float] = {}
+    loss_sum = torch.zeros((), device=device)
+    since = 0
+    tick = time.perf_counter()
+    model.train()
+    try:
+        if step == 0:  # the untrained baseline, so curves start where training starts
+            base = held_out_loss(model, held)
+            sink.log(0, {"eval/loss": base, "eval/perplexity": math.exp(min(base, 50))})
+        while step < cfg.train.steps:
+            batch = sampler.sample(cfg.train.batch_size)  # (B, block)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = model(input_ids=batch, labels=batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            since += 1
+            step += 1
+            at_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
+            at_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+            if not (at_log or at_eval):
+                continue
+            now = time.perf_counter()
+            train_seconds += now - tick
+            mean = float(loss_sum / since)
+            if not math.isfinite(mean):
+                raise RaydtError(f"pre-training diverged: train/loss is {mean} at step {step}")
+            metrics = {"train/loss": mean, "train/perplexity": math.exp(min(mean, 50)),
+                       "train/lr": scheduler.get_last_lr()[0], "perf/train_seconds": train_seconds,
+                       "perf/tokens_per_second": since * cfg.train.batch_size * block / max(now - tick, 1e-9)}
+            loss_sum.zero_()
+            since = 0
+            if at_eval:
+                held_loss = held_out_loss(model, held)
+                metrics.update({"eval/loss": held_loss, "eval/perplexity": math.exp(min(held_loss, 50))})
+                save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "step": step, "train_seconds": train_seconds,
+                    "rng": rng_state(), "sampler_rng": sampler.generator.get_state(), "config": to_dict(cfg),
+                })
+                _save_hf(model, tokenizer, run_dir / "model", info | {"step": step, "eval_loss": held_loss})
+                log(f"step {step}/{cfg.train.steps}  loss {mean:.3f}  held-out perplexity {metrics['eval/perplexity']:.1f}")
+            sink.log(step, metrics)
+            last = metrics
+            tick = time.perf_counter()
+    finally:
+        sink.close()
+    return {"step": step, **last}
+
+
+# --------------------------------------------------------------------------------------
+# `model.backbone: pretrain:SPEC.yaml`
+
+PRETRAIN_SCHEME = "pretrain:"
+
+
+def pretrained_dir(spec_path: str | Path, log: Callable[[str], None] = print) -> Path:
+    """The model directory pre-trained from ``spec_path``, made (or finished) if missing.
+
+    Cached under ``$RAYDT_DATA_DIR/pretrained/<hash of the resolved spec>/``; concurrent
+    callers (sweep trials, DDP ranks) wait for one maker; an interrupted maker's run resumes.
+    """
+    spec_path = Path(spec_path).expanduser()
+    if not spec_path.is_file():
+        raise ConfigError(f"model.backbone=pretrain:{spec_path}: spec file not found")
+    cfg = load_pretrain_config(spec_path)
+    key = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    run_dir = data_dir() / "pretrained" / f"{spec_path.stem}-{key}"
+    model_dir = run_dir / "model"
+    with locked(run_dir / "done"):
+        if (run_dir / "done").is_file():
+            return model_dir
+        log(f"pre-training the backbone of {spec_path} into {run_dir} (once; later runs reuse it)")
+        pretrain(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").is_file(), log=log)
+        atomic_write_text(run_dir / "done", json.dumps({"spec": str(spec_path)}))
+    return model_dir
+
+
+def resolve_backbone(backbone: str, log: Callable[[str], None] = print) -> str:
+    """``model.backbone`` with a ``pretrain:`` spec replaced by the directory it makes."""
+    if backbone.startswith(PRETRAIN_SCHEME):
+        return str(pretrained_dir(backbone[len(PRETRAIN_SCHEME):], log=log))
+    return backbone

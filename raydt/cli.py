@@ -113,6 +113,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from raydt.pretrain import load_pretrain_config, pretrain
+
+    config = load_pretrain_config(args.spec, args.set)
+    run_dir = Path(args.out) if args.out else Path("runs") / "pretrain" / Path(args.spec).stem
+    metrics = pretrain(config, run_dir, resume=args.resume, log=_log)
+    print(json.dumps({"run_dir": str(run_dir), "model_dir": str(run_dir / "model"), "step": metrics.get("step"),
+                      **{k: metrics[k] for k in ("eval/loss", "eval/perplexity") if k in metrics}}))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from raydt.eval.saved import evaluate_checkpoint
 
@@ -223,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray")
     train.add_argument("--address", default=None, help="Ray cluster to join (auto on a cluster head)")
     train.set_defaults(func=cmd_train)
+
+    pre = sub.add_parser("pretrain", help="pre-train a GPT-2 on text (ChibiT) into a directory model.backbone accepts")
+    pre.add_argument("spec", help="pre-training spec YAML (corpus:, model:, optim:, train:)")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key, e.g. --set train.steps=2000 (repeatable)")
+    pre.add_argument("--out", default=None, help="run directory (default runs/pretrain/<spec name>); the model is in OUT/model")
+    pre.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    pre.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="evaluate a saved run on the simulator")
     ev.add_argument("checkpoint", help="a run directory or a checkpoint .pt file")

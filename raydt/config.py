@@ -386,8 +386,31 @@ def _leaves(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+PATH_URIS = {"model.backbone": "pretrain:"}
+"""Keys whose values may name a spec file (``pretrain:FILE``): relative paths are anchored
+to the spec that sets them (or the working directory for ``--set``) when read, so a trial
+running in another directory still finds the file."""
+
+
+def anchor_path(key: str, value: Any, source: str) -> Any:
+    """``value`` with a relative ``pretrain:`` path made absolute from ``source``'s folder."""
+    scheme = PATH_URIS.get(key)
+    if scheme is None or not isinstance(value, str) or not value.startswith(scheme):
+        return value
+    path = Path(value[len(scheme):]).expanduser()
+    if not path.is_absolute():
+        base = Path(source).parent if Path(source).is_file() else Path.cwd()
+        path = (base / path).resolve()
+    return f"{scheme}{path}"
+
+
 def _add(raw: RawSpec, delta: Mapping[str, Any], source: str) -> None:
     nested = _expand_dotted(delta, source)
+    for key, value in _leaves(nested).items():
+        anchored = anchor_path(key, value, source)
+        if anchored is not value:
+            section, name = key.split(".", 1)
+            nested[section][name] = anchored
     raw.values = _merge(raw.values, nested)
     for key in _leaves(nested):
         raw.origins[key] = source
@@ -436,6 +459,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    if isinstance(value, (dict, list)) and not text.strip().startswith(("{", "[")):
+        value = text.strip()  # `pydoc:` or `a:b` is a URI, not a one-key mapping
     return key.strip(), value
 
 

@@ -273,7 +273,7 @@ def _from_config(kind: str, config: Any) -> nn.Module:
     try:
         return make(config, attn_implementation="sdpa")
     except (ValueError, TypeError):  # a model without an SDPA path (iGPT) runs eager
-        return make(config)
+        return make(config, attn_implementation="eager")
 
 
 def _load_config(name_or_path: str) -> Any:
@@ -309,8 +309,8 @@ def pretrained_backbone(name_or_path: str, dropout: float) -> tuple[Backbone, Lo
     kwargs: dict[str, Any] = {"config": config, "output_loading_info": True}
     try:
         hf, info = cls.from_pretrained(source, attn_implementation="sdpa", **kwargs)
-    except (ValueError, TypeError):
-        hf, info = cls.from_pretrained(source, **kwargs)
+    except (ValueError, TypeError):  # no SDPA path (iGPT)
+        hf, info = cls.from_pretrained(source, attn_implementation="eager", **kwargs)
     if kind == "auto" and "inputs_embeds" not in _forward_params(hf):
         raise ConfigError(
             f"model.backbone={name_or_path!r}: {type(hf).__name__} does not accept inputs_embeds, "

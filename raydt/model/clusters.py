@@ -11,6 +11,7 @@ few hundred MB and about a second per iteration on two CPU cores.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,9 @@ def kmeans(points: torch.Tensor, num_clusters: int, seed: int = 0, max_iters: in
     c = min(num_clusters, n)
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
-    # k-means++: each new centre drawn with probability ∝ (1 − best cosine so far).
+    # Greedy k-means++ (as scikit-learn): candidates drawn with probability ∝ (1 − best
+    # cosine so far); the one that most lowers the total distance becomes the next centre.
+    trials = 2 + int(math.log(c))
     centers = torch.empty(c, x.shape[1], dtype=x.dtype, device=x.device)
     first = int(torch.randint(n, (1,), generator=gen))
     centers[0] = x[first]
@@ -68,11 +71,13 @@ def kmeans(points: torch.Tensor, num_clusters: int, seed: int = 0, max_iters: in
     for k in range(1, c):
         weight = (1.0 - closest).clamp(min=0).cpu()
         if float(weight.sum()) <= 0:  # fewer distinct points than clusters
-            idx = int(torch.randint(n, (1,), generator=gen))
+            idx = torch.randint(n, (trials,), generator=gen)
         else:
-            idx = int(torch.multinomial(weight, 1, generator=gen))
-        centers[k] = x[idx]
-        closest = torch.maximum(closest, x @ x[idx])
+            idx = torch.multinomial(weight, trials, replacement=True, generator=gen)
+        candidate = torch.maximum(closest.unsqueeze(0), x[idx.to(x.device)] @ x.T)  # (trials, N)
+        best = int((1.0 - candidate).sum(dim=1).argmin())
+        centers[k] = x[idx[best]]
+        closest = candidate[best]
 
     labels = torch.full((n,), -1, dtype=torch.long, device=x.device)
     iterations = 0

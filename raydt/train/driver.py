@@ -50,6 +50,9 @@ def run_training(
         if not use_ray and not torch.cuda.is_available():
             raise RaydtError("resources.use_gpu=true but no CUDA device is visible; set resources.use_gpu=false")
     resolve_run_data(config, log=log)  # makes/loads the dataset and settles env and targets
+    from raydt.pretrain import resolve_backbone
+
+    resolve_backbone(config.model.backbone, log=log)  # a pretrain:SPEC backbone is made here, once
     if not use_ray:
         if config.resources.num_workers > 1:
             raise RaydtError(

@@ -240,6 +240,13 @@ def run_sweep(
     datasets = {c.data.dataset: c for c in (spec.trial_config(p) for p in spec.grid() or [{}])}
     for config in datasets.values():
         resolve_run_data(config, log=log)
+    # So are backbones pre-trained by raydt (pretrain:SPEC), whichever trial names them.
+    from raydt.pretrain import PRETRAIN_SCHEME, resolve_backbone
+
+    backbones = {spec.base_config().model.backbone}
+    backbones |= {v for d in spec.dimensions if d.key == "model.backbone" for v in d.values}
+    for backbone in sorted(b for b in backbones if isinstance(b, str) and b.startswith(PRETRAIN_SCHEME)):
+        resolve_backbone(backbone, log=log)
 
     import ray
 

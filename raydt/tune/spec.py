@@ -26,6 +26,7 @@ from typing import Any, Literal
 from raydt.config import (
     RawSpec,
     RunConfig,
+    anchor_path,
     apply_overrides,
     build,
     leaf_fields,
@@ -122,7 +123,7 @@ class SweepSpec:
         return [d.key for d in self.dimensions]
 
 
-def _dimension(path: Path, key: str, entry: Any) -> Dimension:
+def _dimension(path: Path, key: str, entry: Any, origins: Mapping[str, str]) -> Dimension:
     where = f"{path}: search.{key}"
     if not isinstance(entry, Mapping) or len(entry) != 1:
         raise ConfigError(
@@ -139,7 +140,9 @@ def _dimension(path: Path, key: str, entry: Any) -> Dimension:
             raise ConfigError(f"{where}: {kind} needs [low, high] with low < high, got {values}")
         if kind == "loguniform" and values[0] <= 0:
             raise ConfigError(f"{where}: loguniform needs low > 0, got {values[0]}")
-    return Dimension(key, kind, tuple(values))
+    # pretrain:FILE values are relative to the spec file that lists them.
+    source = origins.get(f"search.{key}.{kind}", str(path))
+    return Dimension(key, kind, tuple(anchor_path(key, v, source) for v in values))
 
 
 def _probe_values(dim: Dimension) -> list[Any]:
@@ -163,7 +166,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
         raise ConfigError(f"{path}: 'search' must map dotted keys to distributions")
     # `_expand_dotted` nested the dotted search keys; flatten them back to leaves.
     flat = _flatten_search(search)
-    dimensions = tuple(_dimension(path, key, entry) for key, entry in flat.items())
+    dimensions = tuple(_dimension(path, key, entry, raw.origins) for key, entry in flat.items())
     if not isinstance(tune_values, Mapping):
         raise ConfigError(f"{path}: 'tune' must be a mapping of settings")
     tune = build(TuneConfig, tune_values, raw.origins, prefix="tune.")

@@ -1,0 +1,171 @@
+"""Text sources, ChibiT pre-training, the pretrain: backbone, and λ1/λ2 in a training run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raydt.config import ModelConfig
+from raydt.data.text import HELD_OUT, TextSampler, parse_text_uri, split_tokens, tokenize_cached
+from raydt.errors import ConfigError, DataError, RaydtError
+from raydt.logging import read_metrics
+from raydt.losses import lambda_factor
+from raydt.model.build import build_model
+from raydt.pretrain import load_pretrain_config, pretrain, pretrained_dir
+from raydt.train.loop import fit
+from tests.test_train import quiet, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRETRAIN = """
+corpus: {text: "pydoc:", tokenizer: bpe, vocab_size: 300, block_size: 32}
+model: {n_embd: 32, n_head: 2, n_layer: 2, dropout: 0.0}
+optim: {lr: 3e-3, warmup_steps: 5}
+train: {steps: 40, batch_size: 8, eval_every: 20, log_every: 10, eval_blocks: 8}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A tiny ChibiT pre-trained on the Python docs, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("lm")
+    spec = root / "tiny.yaml"
+    spec.write_text(TINY_PRETRAIN)
+    metrics = pretrain(load_pretrain_config(spec), root / "run", log=lambda _: None)
+    return spec, root / "run", metrics
+
+
+def bpe(vocab=300):
+    from raydt.pretrain import _train_bpe
+
+    return _train_bpe(parse_text_uri("pydoc:").read(), vocab)
+
+
+def test_text_sources(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("alpha beta\n")
+    (tmp_path / "docs" / "sub").mkdir()
+    (tmp_path / "docs" / "sub" / "b.md").write_text("gamma\n")
+    assert parse_text_uri(f"text:{tmp_path / 'docs'}").read() == "alpha beta\n\n\ngamma\n"
+    assert parse_text_uri(f"text:{tmp_path / 'docs' / 'a.txt'}").read() == "alpha beta\n"
+    dz = tmp_path / "gcide.dict.dz"
+    with gzip.open(dz, "wt") as fh:
+        fh.write("00-database-info\n<p><ent>Apple</ent><br/\n<def>The fleshy fruit of a rosaceous tree.</def></p>\n")
+    text = parse_text_uri(f"gcide:{dz}").read()
+    assert "fleshy fruit" in text and "<" not in text and "00-database" not in text
+    assert "def" in parse_text_uri("pydoc:").read()  # CPython's documentation topics
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_text_uri(f"text:{tmp_path / 'missing'}")
+    with pytest.raises(ConfigError, match="dict-gcide"):
+        parse_text_uri(f"gcide:{tmp_path / 'none.dz'}")
+    with pytest.raises(ConfigError, match="not recognised"):
+        parse_text_uri("wiki")
+    with pytest.raises(DataError, match="downloads are off"):
+        parse_text_uri("wikitext-103").read()  # conftest sets RAYDT_OFFLINE
+
+
+def test_tokenising_is_cached_and_split(tmp_path):
+    tok = bpe()
+    logs = []
+    ids = tokenize_cached("pydoc:", tok, log=logs.append)
+    again = tokenize_cached("pydoc:", tok, log=logs.append)
+    assert np.array_equal(ids, again) and len(logs) == 1
+    assert tok.decode(ids[:50].tolist()) == parse_text_uri("pydoc:").read()[: len(tok.decode(ids[:50].tolist()))]
+    train, held = split_tokens(ids)
+    assert len(held) == len(ids) - int(len(ids) * (1 - HELD_OUT)) and np.array_equal(np.concatenate([train, held]), ids)
+    # a changed file is a different cache entry
+    f = tmp_path / "t.txt"
+    f.write_text("one two three " * 50)
+    tokenize_cached(f"text:{f}", tok, log=logs.append)
+    f.write_text("four five six " * 50)
+    tokenize_cached(f"text:{f}", tok, log=logs.append)
+    assert len(logs) == 3
+
+
+def test_text_sampler_draws_contiguous_blocks():
+    ids = np.arange(1000, dtype=np.int32)
+    sampler = TextSampler(ids, 16, seed=0)
+    blocks = sampler.sample(32)
+    assert blocks.shape == (32, 17)
+    assert torch.equal(blocks[:, 1:] - blocks[:, :-1], torch.ones(32, 16, dtype=torch.long))
+    assert torch.equal(sampler.fixed_blocks(5), sampler.fixed_blocks(5))
+    with pytest.raises(DataError, match="fewer than one block"):
+        TextSampler(ids[:10], 16)
+
+
+def test_pretrain_lowers_perplexity_saves_and_resumes(tiny_lm, tmp_path):
+    spec, run, metrics = tiny_lm
+    rows = read_metrics(run / "metrics.jsonl")
+    evals = [r for r in rows if "eval/perplexity" in r]
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    assert evals[-1]["eval/perplexity"] < 0.5 * evals[0]["eval/perplexity"]  # it learned
+    assert metrics["step"] == 40
+    model_dir = run / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "raydt_pretrain.json"):
+        assert (model_dir / name).is_file()
+    assert json.loads((model_dir / "raydt_pretrain.json").read_text())["tokenizer"] == "bpe-300"
+    # resume: continue to 60 steps, no step logged twice
+    cfg = load_pretrain_config(spec, ["train.steps=60"])
+    with pytest.raises(RaydtError, match="already holds"):
+        pretrain(cfg, run, log=lambda _: None)
+    import shutil
+
+    shutil.copytree(run, tmp_path / "copy")
+    pretrain(cfg, tmp_path / "copy", resume=True, log=lambda _: None)
+    steps = [r["step"] for r in read_metrics(tmp_path / "copy" / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
+
+
+def test_pretrained_directory_is_a_backbone_with_positions(tiny_lm):
+    _, run, _ = tiny_lm
+    model, report = build_model(ModelConfig(backbone=str(run / "model"), positions="pretrained"), 5, 2, 6, 100,
+                                log=lambda _: None)
+    assert report.kind == "gpt2" and report.new == [] and model.args.n_embd == 32
+    torch.testing.assert_close(model.embed_timestep.weight[:32], model.backbone.position_table)
+
+
+def test_pretrain_uri_is_made_once(tiny_lm, tmp_path, monkeypatch):
+    spec, _, _ = tiny_lm
+    logs = []
+    first = pretrained_dir(spec, log=logs.append)
+    second = pretrained_dir(spec, log=logs.append)
+    assert first == second and (first / "config.json").is_file()
+    assert sum("pre-training the backbone" in line for line in logs) == 1
+    # relative pretrain: paths in specs are anchored to the spec file
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "lm.yaml").write_text(spec.read_text())
+    (tmp_path / "specs" / "run.yaml").write_text("model: {backbone: 'pretrain:lm.yaml'}\n")
+    from raydt.config import load_config
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(tmp_path / "specs" / "run.yaml")
+    assert cfg.model.backbone == f"pretrain:{tmp_path / 'specs' / 'lm.yaml'}"
+
+
+def test_objectives_are_logged_and_co_training_lowers_text_loss(tiny_lm, tmp_path):
+    _, run, _ = tiny_lm
+    common = [f"model.backbone={run / 'model'}", "loss.text=pydoc:", "loss.lm_block_size=32",
+              "loss.lm_batch_size=8", "loss.kmeans_clusters=16", "train.steps=24", "train.eval_every=24",
+              "train.log_every=4", "optim.lr=3e-3", "loss.lambda_decay_steps=20", "model.dropout=0.0"]
+    without = fit(tiny_config(*common, "loss.track_text_loss=true"), tmp_path / "a", quiet())
+    with_lm = fit(tiny_config(*common, "loss.lambda1=0.1", "loss.lambda2=1.0", "loss.lambda_schedule=constant"),
+                  tmp_path / "b", quiet())
+    # the same backbone and data: co-training keeps the language model's text loss lower
+    assert with_lm["eval/text_loss"] < without["eval/text_loss"]
+    rows = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    for key in ("train/loss_cos", "train/loss_lm", "train/lambda1", "train/lambda2"):
+        assert key in rows[0]
+    assert -1.0 <= rows[0]["train/loss_cos"] <= 1.0
+    assert rows[0]["train/loss"] > rows[0]["train/action_mse"]  # λ2·L_LM is positive and added
+    assert "train/loss_lm" not in read_metrics(tmp_path / "a" / "metrics.jsonl")[0]
+    # a linear schedule reaches 0 at lambda_decay_steps and the LM term stops being drawn
+    fit(tiny_config(*common, "loss.lambda1=0.2", "loss.lambda2=0.5"), tmp_path / "c", quiet())
+    rows = read_metrics(tmp_path / "c" / "metrics.jsonl")
+    for r in rows:
+        # logged λ is the value in force at the last step of each logging window
+        assert r["train/lambda1"] == pytest.approx(0.2 * lambda_factor("linear", r["step"] - 1, 20))
+    assert rows[-1]["train/lambda2"] == 0.0 and "train/loss_lm" not in rows[-1]

@@ -90,7 +90,7 @@ class ModelConfig:
     n_layer: int | None = optional_positive()
     """Transformer blocks; null takes the size preset's."""
     backbone: str = "random"
-    """'random' (fresh GPT-2 of the chosen size); a hub id or local directory (GPT-2, CLIP, ImageGPT, any HF causal LM); or pretrain:SPEC.yaml (pre-trained by raydt, cached)."""
+    """'random' (fresh GPT-2 of this size); a hub id or directory (GPT-2, CLIP, ImageGPT, any HF causal LM); or pretrain:SPEC.yaml (raydt pre-trains a GPT-2 of this size once, cached)."""
     dropout: float = _checked(0.2, lambda v: 0 <= v < 1, "a number in [0, 1)")
     """Dropout on embeddings, attention and residuals (Reid Table 7: 0.2)."""
     activation: Literal["relu", "gelu_new"] = "relu"

@@ -351,18 +351,30 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
 PRETRAIN_SCHEME = "pretrain:"
 
 
-def pretrained_dir(spec_path: str | Path, log: Callable[[str], None] = print) -> Path:
-    """The model directory pre-trained from ``spec_path``, made (or finished) if missing.
-
-    Cached under ``$RAYDT_DATA_DIR/pretrained/<hash of the resolved spec>/``; concurrent
-    callers (sweep trials, DDP ranks) wait for one maker; an interrupted maker's run resumes.
-    """
+def pretrained_run(spec_path: str | Path, overrides: Any = ()) -> tuple[PretrainConfig, Path]:
+    """The resolved config of a ``pretrain:`` spec and the cache folder of its run."""
     spec_path = Path(spec_path).expanduser()
     if not spec_path.is_file():
         raise ConfigError(f"model.backbone=pretrain:{spec_path}: spec file not found")
-    cfg = load_pretrain_config(spec_path)
+    cfg = load_pretrain_config(spec_path, overrides)
     key = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    run_dir = data_dir() / "pretrained" / f"{spec_path.stem}-{key}"
+    return cfg, data_dir() / "pretrained" / f"{spec_path.stem}-{key}"
+
+
+def shape_overrides(shape: Any) -> dict[str, Any]:
+    """Pre-training overrides that give the LM the shape of a run's :class:`ModelConfig`."""
+    return {"model.size": shape.size, "model.n_embd": shape.n_embd,
+            "model.n_head": shape.n_head, "model.n_layer": shape.n_layer}
+
+
+def pretrained_dir(spec_path: str | Path, overrides: Any = (), log: Callable[[str], None] = print) -> Path:
+    """The model directory pre-trained from ``spec_path`` (with ``overrides``), made if missing.
+
+    Cached under ``$RAYDT_DATA_DIR/pretrained/<spec name>-<hash of the resolved spec>/``;
+    concurrent callers (sweep trials, DDP ranks) wait for one maker; an interrupted maker's
+    run resumes.
+    """
+    cfg, run_dir = pretrained_run(spec_path, overrides)
     model_dir = run_dir / "model"
     with locked(run_dir / "done"):
         if (run_dir / "done").is_file():
@@ -373,8 +385,14 @@ def pretrained_dir(spec_path: str | Path, log: Callable[[str], None] = print) ->
     return model_dir
 
 
-def resolve_backbone(backbone: str, log: Callable[[str], None] = print) -> str:
-    """``model.backbone`` with a ``pretrain:`` spec replaced by the directory it makes."""
-    if backbone.startswith(PRETRAIN_SCHEME):
-        return str(pretrained_dir(backbone[len(PRETRAIN_SCHEME):], log=log))
-    return backbone
+def resolve_backbone(backbone: str, shape: Any = None, log: Callable[[str], None] = print) -> str:
+    """``model.backbone`` with a ``pretrain:`` spec replaced by the directory it makes.
+
+    ``shape`` (the run's :class:`raydt.config.ModelConfig`) sets the pre-trained model's size:
+    the language-pretrained twin of a run has that run's size preset and dimensions, so a
+    sweep over ``model.size × model.backbone ∈ {random, pretrain:…}`` is Reid's size study.
+    """
+    if not backbone.startswith(PRETRAIN_SCHEME):
+        return backbone
+    overrides = shape_overrides(shape) if shape is not None else {}
+    return str(pretrained_dir(backbone[len(PRETRAIN_SCHEME):], overrides, log=log))

@@ -93,6 +93,27 @@ def test_readme_lint_command_passes():
     subprocess.run([sys.executable, "-m", "ruff", "check", "raydt", "tests", "bench"], cwd=REPO, check=True)
 
 
+def seed_pretrained_cache(sweep_file, overrides):
+    """Put a tiny pre-trained LM where a sweep's `pretrain:` backbones are cached, so the
+    README test spends seconds, not the minutes of real pre-training (tested on its own)."""
+    from raydt.pretrain import load_pretrain_config, pretrain, pretrained_run, shape_overrides
+    from raydt.tune.spec import load_sweep
+    from tests.test_text_pretrain import TINY_PRETRAIN
+
+    spec = load_sweep(sweep_file, overrides)
+    for params in spec.grid():
+        model = spec.trial_config(params).model
+        if model.backbone.startswith("pretrain:"):
+            _, run_dir = pretrained_run(model.backbone[len("pretrain:"):], shape_overrides(model))
+            if (run_dir / "done").exists():  # trials that differ only in seed share it
+                continue
+            tiny = run_dir.parent / "tiny.yaml"
+            tiny.parent.mkdir(parents=True, exist_ok=True)
+            tiny.write_text(TINY_PRETRAIN)
+            pretrain(load_pretrain_config(tiny, shape_overrides(model)), run_dir, log=lambda _: None)
+            (run_dir / "done").write_text("{}")
+
+
 def test_every_raydt_command_in_the_readme_runs(tmp_path):
     """Each README command runs as shown, long jobs shrunk to seconds with extra --set
     overrides and run/sweep directories redirected to a temporary folder."""
@@ -112,6 +133,7 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
         "timeouts": np.zeros(n, bool),
     })
     shrink = [a for item in (*TINY, "resources.num_workers=1") for a in ("--set", item)]
+    seed_pretrained_cache(REPO / "tune_specs/quickstart.yaml", [*TINY, "resources.num_workers=1"])
     for command in commands:
         command = command.replace("/path/to/hopper_medium-v2.hdf5", str(d4rl_file))
         argv = [re.sub(r"^runs/", f"{tmp_path}/runs/", a) for a in shlex.split(command)[1:]]
@@ -119,6 +141,10 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
             argv += [*shrink, "--no-ray", "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
         if argv[0] == "sweep" and "--dry-run" not in argv:
             argv += [*shrink, "--out", f"{tmp_path}/runs"]
+        if argv[0] == "pretrain":
+            argv += ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "corpus.vocab_size=300",
+                     "--set", "corpus.block_size=32", "--set", "train.batch_size=4", "--set", "model.n_embd=32"]
+            argv[argv.index("--out") + 1] = f"{tmp_path}/runs/chibit_quick"
         if argv[0] == "compare":
             argv[argv.index("--out") + 1] = str(tmp_path / "curves.png")
         raydt(*argv)

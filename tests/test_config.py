@@ -188,5 +188,9 @@ def test_every_spec_in_the_repo_resolves():
             sweep = load_sweep(spec)  # probes every searched value
             point = {d.key: d.values[0] for d in sweep.dimensions}
             assert sweep.trial_config(point) is not None and sweep.num_trials >= 1
+        elif spec.parent.name == "pretrain":
+            from raydt.pretrain import load_pretrain_config
+
+            load_pretrain_config(spec)
         else:
             load_config(spec)

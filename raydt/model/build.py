@@ -30,7 +30,7 @@ def build_model(
     """A Decision Transformer as ``cfg`` describes it, and the backbone's load report."""
     from raydt.pretrain import resolve_backbone
 
-    source = resolve_backbone(cfg.backbone, log=log)
+    source = resolve_backbone(cfg.backbone, cfg, log=log)
     backbone, report = build_backbone(
         cfg.dims, source, cfg.dropout, cfg.activation, 3 * context_length, replace_block=cfg.replace_block
     )

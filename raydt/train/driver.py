@@ -52,7 +52,7 @@ def run_training(
     resolve_run_data(config, log=log)  # makes/loads the dataset and settles env and targets
     from raydt.pretrain import resolve_backbone
 
-    resolve_backbone(config.model.backbone, log=log)  # a pretrain:SPEC backbone is made here, once
+    resolve_backbone(config.model.backbone, config.model, log=log)  # a pretrain:SPEC backbone is made here, once
     if not use_ray:
         if config.resources.num_workers > 1:
             raise RaydtError(

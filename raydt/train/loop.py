@@ -232,7 +232,7 @@ class Trainer:
             return
         from transformers import AutoTokenizer
 
-        source = resolve_backbone(cfg.model.backbone, log=log)
+        source = resolve_backbone(cfg.model.backbone, cfg.model, log=log)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError, TypeError) as exc:

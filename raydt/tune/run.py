@@ -243,10 +243,10 @@ def run_sweep(
     # So are backbones pre-trained by raydt (pretrain:SPEC), whichever trial names them.
     from raydt.pretrain import PRETRAIN_SCHEME, resolve_backbone
 
-    backbones = {spec.base_config().model.backbone}
-    backbones |= {v for d in spec.dimensions if d.key == "model.backbone" for v in d.values}
-    for backbone in sorted(b for b in backbones if isinstance(b, str) and b.startswith(PRETRAIN_SCHEME)):
-        resolve_backbone(backbone, log=log)
+    models = {c.model for c in (spec.trial_config(p) for p in spec.grid() or [{}])}
+    for model in sorted(models, key=repr):
+        if model.backbone.startswith(PRETRAIN_SCHEME):
+            resolve_backbone(model.backbone, model, log=log)
 
     import ray
 

@@ -54,9 +54,16 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def _clean_gcide(raw: str) -> str:
-    """Dictionary entries without their SGML-like markup and database headers."""
-    lines = [ln for ln in raw.splitlines() if not ln.startswith("00-database")]
-    text = re.sub(r"<[^>]{0,40}>", " ", "\n".join(lines))
+    """Dictionary prose without dictd's markup: database headers, source tags such as
+    ``[1913 Webster]``, pronunciations between backslashes, ``{cross references}``,
+    accent codes such as ``[aum]`` (ä → a) and any SGML tags."""
+    lines = [ln for ln in raw.splitlines()
+             if not ln.startswith("00-database") and not re.fullmatch(r"\s*\[[^\]]*\]\s*", ln)]
+    text = "\n".join(lines)
+    text = re.sub(r"\\[^\\\n]*\\", " ", text)  # \Lar"va*ted\ pronunciations
+    text = re.sub(r"\[(ae|oe)\]", r"\1", text)
+    text = re.sub(r"\[([a-z])[a-z]{2,6}\]", r"\1", text)  # [aum] → a
+    text = re.sub(r"<[^>]{0,40}>", " ", text).replace("{", "").replace("}", "")
     return re.sub(r"[ \t]+", " ", text)
 
 

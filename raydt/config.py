@@ -35,20 +35,20 @@ from raydt.errors import ConfigError
 # name the file and key of a bad value.
 
 
-def _checked(default: Any, predicate: Callable[[Any], bool], expected: str) -> Any:
+def checked(default: Any, predicate: Callable[[Any], bool], expected: str) -> Any:
     return field(default=default, metadata={"check": (predicate, expected)})
 
 
 def positive(default: Any) -> Any:
-    return _checked(default, lambda v: v > 0, "a number > 0")
+    return checked(default, lambda v: v > 0, "a number > 0")
 
 
 def nonnegative(default: Any) -> Any:
-    return _checked(default, lambda v: v >= 0, "a number >= 0")
+    return checked(default, lambda v: v >= 0, "a number >= 0")
 
 
 def optional_positive(default: Any = None) -> Any:
-    return _checked(default, lambda v: v is None or v > 0, "null or a number > 0")
+    return checked(default, lambda v: v is None or v > 0, "null or a number > 0")
 
 
 # --------------------------------------------------------------------------------------
@@ -61,6 +61,12 @@ SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
     "18m": (512, 8, 6),
     "84m": (768, 12, 12),
 }
+
+
+def preset_dims(model: Any) -> tuple[int, int, int]:
+    """(n_embd, n_head, n_layer) of a model section: explicit values over its size preset."""
+    preset = SIZE_PRESETS[model.size]
+    return (model.n_embd or preset[0], model.n_head or preset[1], model.n_layer or preset[2])
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class ModelConfig:
     """Transformer blocks; null takes the size preset's."""
     backbone: str = "random"
     """'random' (fresh GPT-2 of this size); a hub id or directory (GPT-2, CLIP, ImageGPT, any HF causal LM); or pretrain:SPEC.yaml (raydt pre-trains a GPT-2 of this size once, cached)."""
-    dropout: float = _checked(0.2, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    dropout: float = checked(0.2, lambda v: 0 <= v < 1, "a number in [0, 1)")
     """Dropout on embeddings, attention and residuals (Reid Table 7: 0.2)."""
     activation: Literal["relu", "gelu_new"] = "relu"
     """MLP activation of a randomly initialised backbone (Reid Table 7: ReLU)."""
@@ -99,18 +105,13 @@ class ModelConfig:
     """Timestep table: DT's own learned one, the LM's position table reused (Reid), or that shape re-initialised (Table 6)."""
     freeze: Literal["none", "backbone", "backbone_except_layernorm"] = "none"
     """Backbone parameters left out of training (Reid Table 5); embeddings, timesteps and heads always train."""
-    replace_block: int | None = _checked(None, lambda v: v is None or v >= 0, "null or a block index >= 0")
+    replace_block: int | None = checked(None, lambda v: v is None or v >= 0, "null or a block index >= 0")
     """Block i of model.backbone in an otherwise freshly initialised copy of it (Takagi §5.6.1); null keeps all."""
 
     @property
     def dims(self) -> tuple[int, int, int]:
         """(n_embd, n_head, n_layer) after applying explicit values over the preset."""
-        preset = SIZE_PRESETS[self.size]
-        return (
-            self.n_embd or preset[0],
-            self.n_head or preset[1],
-            self.n_layer or preset[2],
-        )
+        return preset_dims(self)
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,12 @@ import torch
 from torch import nn
 
 from raydt.config import (
-    SIZE_PRESETS,
-    _checked,
+    checked,
     load_config,
     nonnegative,
     optional_positive,
     positive,
+    preset_dims,
     to_dict,
     to_yaml,
 )
@@ -72,13 +72,12 @@ class PretrainModelConfig:
     """Transformer blocks; null takes the size preset's."""
     activation: Literal["relu", "gelu_new"] = "gelu_new"
     """MLP activation (GPT-2: gelu_new)."""
-    dropout: float = _checked(0.1, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    dropout: float = checked(0.1, lambda v: 0 <= v < 1, "a number in [0, 1)")
     """Dropout on embeddings, attention and residuals (GPT-2: 0.1)."""
 
     @property
     def dims(self) -> tuple[int, int, int]:
-        preset = SIZE_PRESETS[self.size]
-        return (self.n_embd or preset[0], self.n_head or preset[1], self.n_layer or preset[2])
+        return preset_dims(self)
 
 
 @dataclass(frozen=True)

@@ -266,9 +266,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------
 
-    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One optimizer step; returns the losses and the pre-clip gradient norm (device tensors)."""
-        lambda1, lambda2 = self.lambdas()
+    def train_step(self, batch: Batch, lambda1: float = 0.0, lambda2: float = 0.0) -> dict[str, torch.Tensor]:
+        """One optimizer step with the given λ weights (see :meth:`lambdas`); returns the
+        losses and the pre-clip gradient norm (device tensors)."""
         text = self.text.sample(self.config.loss.lm_batch_size) if self.text is not None and lambda2 > 0 else None
         use_bf16 = self.ctx.device.type == "cuda"
         with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -402,7 +402,7 @@ class Trainer:
         try:
             while self.step < cfg.train.steps and not stop:
                 lambda1, lambda2 = self.lambdas()
-                step_out = self.train_step(self.sampler.sample(per_rank))
+                step_out = self.train_step(self.sampler.sample(per_rank), lambda1, lambda2)
                 # Accumulate on the device: no host sync until a logging step.
                 for name, value in step_out.items():
                     sums[name] = sums[name] + value if name in sums else value.clone()

@@ -183,6 +183,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_convergence(args: argparse.Namespace) -> int:
+    from raydt.convergence import convergence, format_table, plot
+
+    keys, results = convergence(Path(args.run_dir), by=args.by, threshold=args.threshold,
+                                metric=args.metric, mode=args.mode)
+    if args.json:
+        print("\n".join(json.dumps(r.summary()) for r in results))
+    else:
+        print(format_table(keys, results))
+    if args.plot:
+        path = plot(results, Path(args.plot), title=Path(args.run_dir).name, metric=args.metric)
+        print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -272,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, help="PNG to write")
     compare.add_argument("--by", action="append", default=None, metavar="KEY", help="group by this key (repeatable)")
     compare.set_defaults(func=cmd_compare)
+
+    bench = sub.add_parser("bench", help="benchmarks over finished runs").add_subparsers(dest="bench_command", required=True)
+    conv = bench.add_parser(
+        "convergence",
+        help="time to convergence: first evaluation where the seed-averaged score is within --threshold of its best",
+    )
+    conv.add_argument("run_dir", help="a run directory, a sweep directory, or a folder of runs")
+    conv.add_argument("--by", action="append", default=None, metavar="KEY",
+                      help="group by this key (repeatable; default: the sweep's searched keys without the seed)")
+    conv.add_argument("--threshold", type=float, default=2.0, help="points within the best that count as converged (default 2)")
+    conv.add_argument("--metric", default="eval/normalized_score", help="metric of the curves (default eval/normalized_score)")
+    conv.add_argument("--mode", choices=("max", "min"), default="max", help="whether higher (max) or lower (min) is better")
+    conv.add_argument("--json", action="store_true", help="one JSON object per group")
+    conv.add_argument("--plot", default=None, metavar="OUT.png", help="plot the averaged curves with best and convergence marked")
+    conv.set_defaults(func=cmd_bench_convergence)
     return parser
 
 

@@ -83,7 +83,10 @@ def test_converged_stopper():
 
     stop = ConvergedStopper("m", "max", patience=2, threshold=1.0)
     decisions = [stop("t", {"m": v}) for v in (10, 12, 12.5, 12.9)]
-    assert decisions == [False, False, False, True]  # 12.5 and 12.9 are not > 12 + 1
+    assert decisions == [False, False, False, True]  # 12.5 and 12.9 keep 12 within 1 of the best
+    moving = ConvergedStopper("m", "max", patience=2, threshold=1.0)
+    # Each new best more than 1 above the old convergence point moves that point on.
+    assert [moving("t", {"m": v}) for v in (10, 12, 14, 14.5, 16, 16)] == [False] * 6
     assert stop("u", {"other": 1}) is False
     low = ConvergedStopper("loss", "min", patience=1, threshold=0.0)
     assert [low("t", {"loss": v}) for v in (3, 2, 2)] == [False, False, True]
@@ -111,9 +114,12 @@ def test_report_groups_seeds_and_aggregates(tmp_path):
     assert (k1["best_mean"], k1["best_std"]) == (35.0, 5.0)  # best of seeds: 30 and 40
     assert (k1["final_mean"], k1["final_std"]) == (25.0, 5.0)
     assert k20["best_mean"] == 40.0
+    # Seed-averaged curve 15, 35, 25: converged at the second evaluation (20 training seconds).
+    assert (k1["converged_step"], k1["converged_train_seconds"]) == (200, 20.0)
     table = format_table(keys, rows)
-    assert "35.0 ± 5.0" in table and "data.context_length" in table
-    assert format_csv(keys, rows).splitlines()[0] == "data.context_length,trials,best_mean,best_std,final_mean,final_std"
+    assert "35.0 ± 5.0" in table and "data.context_length" in table and "step 200 (20 s)" in table
+    assert format_csv(keys, rows).splitlines()[0] == (
+        "data.context_length,trials,best_mean,best_std,final_mean,final_std,converged_step,converged_train_seconds")
     _, by_seed = summarize(tmp_path, by=["train.seed"])
     assert [r["trials"] for r in by_seed] == [2, 2]
     with pytest.raises(RaydtError, match="not a config key"):

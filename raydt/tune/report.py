@@ -106,6 +106,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarize(root: Path, by: Sequence[str] | None = None, metric: str = METRIC) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per group: the group's key values, trial count, best and final mean ± std."""
+    from raydt.convergence import Curve, group_convergence
+
     trials = find_runs(root, metric)
     keys, groups = group_trials(trials, by, root)
     rows = []
@@ -113,21 +115,25 @@ def summarize(root: Path, by: Sequence[str] | None = None, metric: str = METRIC)
         best, final = zip(*(t.score(metric) for t in members))
         best_mean, best_std = _mean_std(list(best))
         final_mean, final_std = _mean_std(list(final))
+        conv = group_convergence({t.name: Curve.from_rows(t.evals, metric) for t in members})
         rows.append({
             **dict(zip(keys, values)),
             "trials": len(members),
             "best_mean": best_mean, "best_std": best_std,
             "final_mean": final_mean, "final_std": final_std,
+            "converged_step": conv.converged_step,
+            "converged_train_seconds": math.nan if conv.converged_train_seconds is None else conv.converged_train_seconds,
         })
     return keys, rows
 
 
 def format_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
     """A plain-text table like Reid et al.'s Table 2 (mean ± std over seeds)."""
-    header = [*keys, "trials", "best", "final"]
+    header = [*keys, "trials", "best", "final", "converged"]
     body = [
         [*(str(r[k]) for k in keys), str(r["trials"]),
-         f"{r['best_mean']:.1f} ± {r['best_std']:.1f}", f"{r['final_mean']:.1f} ± {r['final_std']:.1f}"]
+         f"{r['best_mean']:.1f} ± {r['best_std']:.1f}", f"{r['final_mean']:.1f} ± {r['final_std']:.1f}",
+         _converged_cell(r)]
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
@@ -137,9 +143,19 @@ def format_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _converged_cell(row: dict[str, Any]) -> str:
+    """Step (and training seconds) where the seed-averaged curve first came within 2 points
+    of its best; '-' when the group has no evaluation common to all its seeds."""
+    if row.get("converged_step") is None:
+        return "-"
+    seconds = row.get("converged_train_seconds", math.nan)
+    return f"step {row['converged_step']}" + (f" ({seconds:.0f} s)" if math.isfinite(seconds) else "")
+
+
 def format_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*keys, "trials", "best_mean", "best_std", "final_mean", "final_std"])
+    writer = csv.DictWriter(out, fieldnames=[*keys, "trials", "best_mean", "best_std", "final_mean", "final_std",
+                                             "converged_step", "converged_train_seconds"])
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

@@ -20,6 +20,7 @@ import yaml
 from ray.tune import Stopper
 
 from raydt.config import RunConfig, build, to_dict
+from raydt.convergence import converged_index
 from raydt.errors import ConfigError, RaydtError
 from raydt.fsutil import atomic_write_text
 from raydt.resources import local_nodes, trial_capacity
@@ -160,24 +161,21 @@ def _scheduler(spec: SweepSpec, config: RunConfig):
 
 
 class ConvergedStopper(Stopper):
-    """Stops a trial once its metric has not improved by more than ``threshold`` for
-    ``patience`` consecutive evaluations (a Tune ``Stopper``)."""
+    """Stops a trial once ``patience`` evaluations have passed since its convergence point
+    on the curve so far (``raydt.convergence``: the first evaluation within ``threshold``
+    of the best so far). A Tune ``Stopper``."""
 
     def __init__(self, metric: str, mode: str, patience: int, threshold: float) -> None:
-        self.metric, self.sign = metric, 1.0 if mode == "max" else -1.0
+        self.metric, self.mode = metric, mode
         self.patience, self.threshold = patience, threshold
-        self.best: dict[str, float] = {}
-        self.stale: dict[str, int] = {}
+        self.history: dict[str, list[float]] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if self.metric not in result:
             return False
-        value = self.sign * float(result[self.metric])
-        if value > self.best.get(trial_id, -math.inf) + self.threshold:
-            self.best[trial_id], self.stale[trial_id] = value, 0
-        else:
-            self.stale[trial_id] = self.stale.get(trial_id, 0) + 1
-        return self.stale[trial_id] >= self.patience
+        scores = self.history.setdefault(trial_id, [])
+        scores.append(float(result[self.metric]))
+        return len(scores) - 1 - converged_index(scores, self.threshold, self.mode) >= self.patience
 
     def stop_all(self) -> bool:
         return False

@@ -79,9 +79,9 @@ class TuneConfig:
     asha_reduction_factor: int = positive(3)
     """ASHA: 1/η of the trials go on at each rung."""
     converged_patience: int = nonnegative(0)
-    """Stop a trial after this many evaluations without beating its best by converged_threshold; 0 = off."""
-    converged_threshold: float = nonnegative(0.0)
-    """Improvement (in metric units) that counts as progress for converged_patience."""
+    """Stop a trial this many evaluations after its convergence point so far (see raydt.convergence); 0 = off."""
+    converged_threshold: float = nonnegative(2.0)
+    """Distance to the best (metric units) within which an evaluation counts as converged."""
 
 
 @dataclass(frozen=True)

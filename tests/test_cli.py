@@ -147,8 +147,14 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
             argv[argv.index("--out") + 1] = f"{tmp_path}/runs/chibit_quick"
         if argv[0] == "compare":
             argv[argv.index("--out") + 1] = str(tmp_path / "curves.png")
-        raydt(*argv)
+        if argv[0] == "bench":
+            argv[argv.index("--plot") + 1] = str(tmp_path / "convergence.png")
+        out = raydt(*argv).stdout
+        if argv[0] == "bench":  # one row per backbone, both converged somewhere
+            rows = [line for line in out.splitlines() if line.startswith(("random ", "pretrain:"))]
+            assert len(rows) == 2 and all(row.split()[1] == "2" for row in rows), out
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert (tmp_path / "convergence.png").stat().st_size > 10_000
     # `tensorboard --logdir DIR` serves what TensorBoard's own reader finds there.
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 

@@ -66,6 +66,15 @@ def test_tiny_sweep_runs_every_trial_and_reports(tmp_path):
                             capture_output=True, text=True, check=True).stdout
     assert report.splitlines()[0].startswith("trials,best_mean")  # seeds aggregated into one group
     assert report.splitlines()[1].startswith("2,")
+    # Where the trials' wall time went, from the timing files the sweep left.
+    from bench.sweep_efficiency import PARTS, analyse
+
+    eff = analyse(sweep)
+    assert sorted(eff["trials"]) == trials
+    for t in eff["trials"].values():
+        assert t["train"] > 0 and t["eval"] > 0 and t["setup"] > 0
+        assert sum(t[p] for p in PARTS) == pytest.approx(t["wall"])  # the parts cover the trial
+    assert 0 < eff["train_and_eval_share"] < 1 and 0 <= eff["sweep_idle_share"] < 1
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):

@@ -57,19 +57,25 @@ class WindowSampler:
         states = (traj.observations - self.state_mean) / self.state_std
         self.obs_dim, self.act_dim = traj.obs_dim, traj.act_dim
         # One packed row per transition [state | action | rtg | timestep], so a batch is a
-        # single gather instead of four (small-op overhead dominates at batch 64).
+        # single gather instead of four (small-op overhead dominates at batch 64). K padding
+        # rows come first: row K + j is transition j, and index 0 is a padding row.
         packed = np.concatenate([
             states, traj.actions, (traj.returns_to_go * reward_scale)[:, None], traj.timesteps[:, None],
         ], axis=1).astype(np.float32)  # (N, obs + act + 2); timesteps < 2^24 stay exact
-        self.rows = torch.as_tensor(packed, device=self.device)  # (N, obs + act + 2)
         pad_row = np.zeros(packed.shape[1], np.float32)
         pad_row[self.obs_dim : self.obs_dim + self.act_dim] = ACTION_PAD
-        self.pad_row = torch.as_tensor(pad_row, device=self.device)  # (obs + act + 2,)
+        self.rows = torch.as_tensor(np.concatenate([np.tile(pad_row, (context_length, 1)), packed]),
+                                    device=self.device)  # (K + N, obs + act + 2)
+        self.row_width = packed.shape[1]
+        # Real steps of the window starting at each transition: min(K, steps left in its episode).
         episode_end = np.repeat(traj.starts + traj.lengths, traj.lengths)  # (N,) exclusive
-        self.episode_end = torch.as_tensor(episode_end, device=self.device)
+        valid = np.minimum(episode_end - np.arange(traj.num_steps), context_length)
+        self.valid = torch.as_tensor(valid, device=self.device)  # (N,) in 1..K
         self.num_steps = traj.num_steps
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._positions = torch.arange(context_length, device=self.device)  # (K,)
+        # Row v: the mask of a window with v real steps, left-padded (K + 1, K).
+        self._masks = self._positions[None, :] >= (context_length - torch.arange(context_length + 1, device=self.device))[:, None]
 
     def sample(self, batch_size: int) -> Batch:
         """A batch of windows whose first steps are uniform over all transitions."""
@@ -82,12 +88,12 @@ class WindowSampler:
         """Windows starting at flat transition indices ``first`` (B,), cut at episode ends."""
         k = self.context_length
         first = first.to(self.device)
-        valid = torch.clamp(self.episode_end[first] - first, max=k)  # (B,) real steps
-        # Real steps occupy the last `valid` positions (left padding, as in DT).
-        offset = self._positions[None, :] - (k - valid)[:, None]  # (B, K), < 0 where padded
-        mask = offset >= 0
-        index = first[:, None] + offset.clamp(min=0)  # (B, K) flat transition index
-        rows = torch.where(mask[..., None], self.rows[index], self.pad_row)  # (B, K, obs + act + 2)
+        valid = self.valid[first]  # (B,) real steps
+        mask = self._masks[valid]  # (B, K): real steps occupy the last `valid` positions
+        # Position p holds transition first + valid − K + p, i.e. row first + valid + p of
+        # the padded table; padded positions are sent to row 0, a padding row.
+        index = ((first + valid)[:, None] + self._positions) * mask  # (B, K)
+        rows = self.rows.index_select(0, index.view(-1)).view(len(first), k, self.row_width)  # (B, K, obs + act + 2)
         o, a = self.obs_dim, self.act_dim
         states = rows[..., :o]  # (B, K, obs)
         actions = rows[..., o : o + a]  # (B, K, act)

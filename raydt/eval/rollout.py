@@ -19,6 +19,7 @@ import torch
 from raydt.data.sampler import ACTION_PAD
 from raydt.data.tasks import make_env, task_from_env_id
 from raydt.model.dt import DecisionTransformer
+from raydt.model.inference import ActionPolicy
 
 
 @dataclass
@@ -76,6 +77,7 @@ def rollout(
     obs, _ = envs.reset(seed=list(seeds))
     was_training = model.training
     model.eval()
+    policy = ActionPolicy(model, rows_hint=n * 3 * k)  # packed weights on CPUs, the next action only
     try:
         for t in range(horizon):
             i = k - 1 + t
@@ -84,9 +86,9 @@ def rollout(
             actions[:, i] = 0.0  # placeholder: a_t's token comes after s_t and is never seen
             mask = (positions >= k - 1 - t).expand(n, k)  # (N, K): False before the first step
             window = slice(t, t + k)
-            pred = model(
+            pred = policy(
                 states[:, window], actions[:, window], rtg[:, window], timesteps[:, window], mask
-            )[:, -1]  # (N, act): the action for step t
+            )  # (N, act): the action for step t
             actions[:, i] = pred
             obs, reward, terminated, truncated, _ = envs.step(pred.float().cpu().numpy().astype(np.float64))
             returns += reward * active

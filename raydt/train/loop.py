@@ -175,11 +175,14 @@ class Trainer:
     step: int = 0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    """Wall seconds of this session's set-up (dataset, model, objectives), for timing.json."""
     best_score: float = -math.inf
     evals_since_best: int = 0
 
     def __post_init__(self) -> None:
         cfg, ctx = self.config, self.ctx
+        self._started = time.time()
         torch.set_num_threads(cfg.resources.cpus_per_worker)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(
@@ -215,6 +218,7 @@ class Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.optim.warmup_steps))
+        self.setup_seconds = time.time() - self._started
 
     def _build_objectives(self, log: Callable[[str], None]) -> None:
         """λ1's cluster centres and λ2's text, when the run uses them."""
@@ -397,6 +401,7 @@ class Trainer:
         since_log = 0
         tick = time.perf_counter()
         log_tick, log_step = tick, self.step
+        loop_started, session_train, session_eval = tick, self.train_seconds, self.eval_seconds
         per_rank = cfg.train.batch_size // ctx.world_size
         stop = False
         try:
@@ -472,6 +477,14 @@ class Trainer:
             if lead:
                 final = {k: v for k, v in last.items() if k.startswith("eval/")}
                 sink.hparams(_flat_params(cfg), final | {"step": self.step})
+                # Where this session's wall time went (bench/sweep_efficiency.py reads it).
+                atomic_write_text(self.run_dir / "timing.json", json.dumps({
+                    "started": self._started, "finished": time.time(),
+                    "setup_seconds": self.setup_seconds,
+                    "loop_seconds": time.perf_counter() - loop_started,
+                    "train_seconds": self.train_seconds - session_train,
+                    "eval_seconds": self.eval_seconds - session_eval,
+                }, indent=1))
         finally:
             sink.close()
         return {"step": self.step, **last}

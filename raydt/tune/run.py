@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
     folder (``get_trial_dir``, fresh and empty when a restored trial starts): a resumed trial
     must find its own checkpoint there.
     """
+    started = time.time()
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -107,6 +109,9 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
         config, trial_dir, name="train", storage_path=str(trial_dir), callbacks=[TuneReportCallback()]
     )
     trainer.fit()
+    if "://" not in sweep_dir:  # the trial's wall time around its run's own timing.json
+        atomic_write_text(trial_dir / "trial_timing.json",
+                          json.dumps({"started": started, "finished": time.time()}, indent=1))
 
 
 def _trial_name(trial) -> str:
@@ -302,7 +307,11 @@ def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool
                 verbose=1,
             ),
         )
+    started = time.time()
     grid = tuner.fit()
+    if "://" not in storage:
+        atomic_write_text(Path(sweep_dir) / "timing.json", json.dumps(
+            {"started": started, "finished": time.time(), "concurrency": plan.concurrency}, indent=1))
     rows = []
     for result in grid:
         metrics = result.metrics or {}

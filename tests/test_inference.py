@@ -1,0 +1,58 @@
+"""The evaluator's packed inference path computes what the model computes."""
+
+import pytest
+import torch
+
+from raydt.config import ModelConfig
+from raydt.model.build import build_model
+from raydt.model.inference import ActionPolicy, PackedLinear, packed_for_inference
+
+
+def windows(b=4, k=6, obs=5, act=2, pad=(0, 2, 5, 3)):
+    g = torch.Generator().manual_seed(0)
+    s, a, r = torch.randn(b, k, obs, generator=g), torch.randn(b, k, act, generator=g), torch.randn(b, k, 1, generator=g)
+    t = torch.randint(0, 50, (b, k), generator=g)
+    mask = torch.arange(k)[None, :] >= torch.tensor(pad)[:, None]  # left padding, ≥ 1 real step
+    return s, a, r, t, mask
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu_new"])
+def test_action_policy_matches_the_model(activation):
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(n_embd=32, n_head=4, n_layer=3, activation=activation), 5, 2, 6, 50)
+    model.eval()
+    policy = ActionPolicy(model, rows_hint=4 * 18)
+    assert policy.layers is not None  # the GPT-2 fast path, not the fallback
+    for mask in (windows()[4], torch.ones(4, 6, dtype=torch.bool)):
+        s, a, r, t, _ = windows()
+        with torch.no_grad():
+            expected = model(s, a, r, t, mask)[:, -1]  # (B, act)
+        torch.testing.assert_close(policy(s, a, r, t, mask), expected, atol=1e-5, rtol=1e-5)
+    # The last action token is a placeholder the prediction must not depend on.
+    s, a, r, t, mask = windows()
+    a2 = a.clone()
+    a2[:, -1] += 100.0
+    torch.testing.assert_close(policy(s, a2, r, t, mask), policy(s, a, r, t, mask))
+    # A copy: training the model afterwards does not change the policy's weights.
+    before = policy(s, a, r, t, mask)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(policy(s, a, r, t, mask), before)
+
+
+def test_packed_linear_and_fallbacks():
+    lin = torch.nn.Linear(7, 3)
+    packed = PackedLinear(lin.weight, lin.bias, rows_hint=8)
+    x = torch.randn(2, 4, 7)
+    torch.testing.assert_close(packed(x), lin(x).detach(), atol=1e-6, rtol=1e-6)
+    relu = PackedLinear(lin.weight, lin.bias, rows_hint=8, fused="relu")
+    torch.testing.assert_close(relu(x), torch.relu(lin(x)).detach(), atol=1e-6, rtol=1e-6)
+    model, _ = build_model(ModelConfig(n_embd=16, n_head=2, n_layer=1), 5, 2, 6, 50)
+    double = model.double().eval()
+    assert packed_for_inference(double) is double  # fp64 (tests' exact rollouts) is left alone
+    policy = ActionPolicy(double)
+    assert policy.layers is None
+    s, a, r, t, mask = (w.double() if w.is_floating_point() else w for w in windows())
+    with torch.no_grad():
+        torch.testing.assert_close(policy(s, a, r, t, mask), double(s, a, r, t, mask)[:, -1])

@@ -48,13 +48,13 @@ def model_flops_per_step(n_params: int, n_layer: int, n_embd: int, tokens: int, 
 
 
 def raydt_trainer(size: str, batch: int, k: int, device: torch.device, threads: int, compile_: bool,
-                  dataset: str = DATASET):
+                  dataset: str = DATASET, precision: str = "auto"):
     from raydt.config import load_config
     from raydt.train.loop import RunContext, Trainer
 
     cfg = load_config(REPO / "tune_specs/runs/hopper_medium_dt.yaml", [
         f"data.dataset={dataset}", f"data.context_length={k}", f"model.size={size}",
-        f"train.batch_size={batch}", f"resources.cpus_per_worker={threads}",
+        f"train.batch_size={batch}", f"resources.cpus_per_worker={threads}", f"train.precision={precision}",
     ])
     trainer = Trainer(cfg, Path("/nonexistent-bench-run"), RunContext(device=device, log=lambda _: None))
     if compile_:
@@ -79,10 +79,9 @@ def time_raydt(trainer, batch: int, steps: int, device: torch.device) -> dict[st
     sample_s = (time.perf_counter() - start) / steps
     fwd_bwd = opt = 0.0
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    use_bf16 = device.type == "cuda"
     for b in batches:
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with trainer.autocast():
             losses = trainer.module(b, None, 0.0, 0.0)
         trainer.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -150,6 +149,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads for both sides")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per size (default: by size)")
     parser.add_argument("--compile", action="store_true", help="torch.compile raydt's objective")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="raydt's train.precision (auto: bf16 on GPUs, fp32 on CPUs); the baseline stays fp32")
     parser.add_argument("--name", default=None, help="results file (default throughput_<device>)")
     parser.add_argument("--smoke-test", action="store_true")
     args = parser.parse_args()
@@ -159,7 +160,7 @@ def main() -> None:
     rows = []
     for size in sizes:
         dataset = "generated:hopper-medium?steps=3000" if args.smoke_test else DATASET
-        trainer = raydt_trainer(size, batch, k, device, args.threads, args.compile, dataset)
+        trainer = raydt_trainer(size, batch, k, device, args.threads, args.compile, dataset, args.precision)
         steps = 1 if args.smoke_test else args.steps or STEPS[size] * (10 if device.type == "cuda" else 1)
         ours = time_raydt(trainer, batch, steps, device)
         base = time_baseline(hf_model(trainer, device), trainer, load_dataset(dataset), batch, k, steps, device)
@@ -190,9 +191,11 @@ def main() -> None:
               + (f"; MFU {row['mfu']:.1%}" if "mfu" in row else ""), flush=True)
         del trainer
     if not args.smoke_test:
-        name = args.name or f"throughput_{device.type}" + ("_compile" if args.compile else "")
+        name = args.name or f"throughput_{device.type}" + ("_compile" if args.compile else "") + (
+            f"_{args.precision}" if args.precision != "auto" else "")
         print(record(name, {"device": str(device), "batch_size": batch, "context_length": k,
-                            "threads": args.threads, "compile": args.compile, "sizes": rows}))
+                            "threads": args.threads, "compile": args.compile, "precision": args.precision,
+                            "sizes": rows}))
 
 
 if __name__ == "__main__":

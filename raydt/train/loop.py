@@ -274,8 +274,7 @@ class Trainer:
         """One optimizer step with the given λ weights (see :meth:`lambdas`); returns the
         losses and the pre-clip gradient norm (device tensors)."""
         text = self.text.sample(self.config.loss.lm_batch_size) if self.text is not None and lambda2 > 0 else None
-        use_bf16 = self.ctx.device.type == "cuda"
-        with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with self.autocast():
             losses = self.module(batch, text, lambda1, lambda2)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -287,6 +286,12 @@ class Trainer:
         out = {name: value.detach() for name, value in losses.items()}
         out["grad_norm"] = norm.detach()
         return out
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast of the training forward per ``train.precision`` (losses stay fp32)."""
+        precision = self.config.train.precision
+        use_bf16 = precision == "bf16" or (precision == "auto" and self.ctx.device.type == "cuda")
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     @torch.no_grad()
     def text_loss(self) -> float:

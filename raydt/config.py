@@ -158,6 +158,8 @@ class EvalConfig:
     """Returns to condition on; null takes the task's (hopper 3600/1800, halfcheetah 6000/12000, walker2d 5000/2500)."""
     env_id: str | None = None
     """gymnasium environment id; null takes the one the dataset records."""
+    max_steps: int | None = optional_positive()
+    """Cap on agent steps per evaluation episode (Atari on a CPU); null: the environment's own limit."""
 
 
 @dataclass(frozen=True)

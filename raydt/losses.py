@@ -18,8 +18,13 @@ Schedule = Literal["linear", "sigmoid", "constant"]
 
 
 def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE over real (unpadded) steps: pred/target (B, K, act), mask (B, K) → scalar."""
-    err = (pred - target).square().mean(dim=-1)  # (B, K)
+    """Over real (unpadded) steps, mask (B, K) → scalar: MSE for continuous actions
+    (pred/target (B, K, act)); cross-entropy for action ids (pred (B, K, n) logits, target
+    (B, K) integers)."""
+    if not target.is_floating_point():
+        err = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none").view(mask.shape)  # (B, K)
+    else:
+        err = (pred - target).square().mean(dim=-1)  # (B, K)
     weight = mask.to(err.dtype)
     return (err * weight).sum() / weight.sum().clamp(min=1.0)
 

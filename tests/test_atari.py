@@ -38,3 +38,54 @@ def test_generated_pong_reads_back_through_the_dqn_replay_reader():
     stack = data.stacked(np.array([0, 10]))  # (2, 4, 84, 84)
     assert not stack[0, :3].any() and stack[0, 3].any()  # the first state is [0, 0, 0, f_0]
     np.testing.assert_array_equal(stack[1], data.frames[7:11])
+
+
+def test_frame_windows_match_the_stacked_states():
+    import torch
+
+    from raydt.data.sampler import FrameWindowSampler
+
+    data = read_dqn_replay(generated_atari_dir(parse_atari("atari-pong?steps=600&seed=1"), log=lambda _: None).parent,
+                           num_steps=10**6, log=lambda _: None)
+    sampler = FrameWindowSampler(data, context_length=5, reward_scale=0.5)
+    last = int(data.starts[0] + data.lengths[0] - 1)
+    batch = sampler.windows(torch.tensor([0, last - 1, 2]))  # a full window, a cut one (2 real steps)
+    assert batch.states.shape == (3, 5, 4, 84, 84) and batch.states.dtype == torch.uint8
+    assert batch.mask[0].all() and batch.mask[1].tolist() == [False, False, False, True, True]
+    np.testing.assert_array_equal(batch.states[0].numpy(), data.stacked(np.arange(5)))
+    np.testing.assert_array_equal(batch.states[1, 3:].numpy(), data.stacked(np.array([last - 1, last])))
+    assert not batch.states[1, :3].any() and batch.actions[1, :3].tolist() == [0, 0, 0]
+    assert batch.actions[0].tolist() == data.actions[:5].tolist()
+    np.testing.assert_allclose(batch.returns_to_go[0, :, 0].numpy(), 0.5 * data.returns_to_go[:5])
+    assert batch.timesteps[2].tolist() == [2, 3, 4, 5, 6]
+
+
+def test_cross_entropy_action_loss():
+    import torch
+
+    from raydt.losses import action_loss
+
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 0.0]], [[5.0, -5.0], [1.0, 3.0]]])  # (B=2, K=2, 2 actions)
+    target = torch.tensor([[0, 1], [1, 1]])
+    mask = torch.tensor([[True, False], [False, True]])
+    expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log1p(torch.exp(torch.tensor(-2.0)))) / 2
+    torch.testing.assert_close(action_loss(logits, target, mask), expected)  # the masked steps count for nothing
+
+
+def test_atari_run_trains_evaluates_and_reloads(tmp_path):
+    from raydt.config import load_config
+    from raydt.eval.saved import evaluate_checkpoint
+    from raydt.train.loop import RunContext, fit
+    from tests.test_train import REPO
+
+    cfg = load_config(REPO / "tune_specs/runs/atari_pong_cpu.yaml", [
+        "data.dataset=generated:atari-pong?steps=600&seed=1", "data.context_length=4", "train.steps=4",
+        "train.eval_every=2", "train.log_every=2", "train.batch_size=4", "optim.warmup_steps=2",
+        "eval.episodes=2", "eval.max_steps=30", "resources.cpus_per_worker=1"])
+    out = fit(cfg, tmp_path, RunContext(log=lambda _: None))
+    assert out["step"] == 4 and "train/action_ce" in out
+    assert out["eval/rtg20/length_mean"] == 30  # capped games
+    # gamer-normalized: 100 · (return + 20.7) / 35.3
+    assert out["eval/normalized_score"] == pytest.approx(100 * (out["eval/return_mean"] + 20.7) / 35.3)
+    again = evaluate_checkpoint(tmp_path, episodes=1, targets=[5.0], log=lambda _: None)
+    assert "eval/rtg5/normalized_score" in again

@@ -137,7 +137,12 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
     for command in commands:
         command = command.replace("/path/to/hopper_medium-v2.hdf5", str(d4rl_file))
         argv = [re.sub(r"^runs/", f"{tmp_path}/runs/", a) for a in shlex.split(command)[1:]]
-        if argv[0] == "train":
+        if argv[0] == "train" and "atari" in argv[1]:  # Atari data and a few capped games
+            atari = ["data.dataset=generated:atari-pong?steps=600&seed=1", "data.context_length=4", "train.steps=4",
+                     "train.eval_every=2", "train.log_every=2", "train.batch_size=4", "eval.max_steps=20",
+                     "resources.cpus_per_worker=1"]
+            argv += [*(a for item in atari for a in ("--set", item)), "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
+        elif argv[0] == "train":
             argv += [*shrink, "--no-ray", "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
         if argv[0] == "sweep" and "--dry-run" not in argv:
             argv += [*shrink, "--out", f"{tmp_path}/runs"]

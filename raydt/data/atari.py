@@ -39,6 +39,8 @@ class AtariGame:
     gamer_score: float
     target_return: float
     """DT's evaluation target (return to go at the start)."""
+    num_actions: int
+    """Size of the minimal action set (what the data's action ids index)."""
 
     @property
     def env_id(self) -> str:
@@ -50,10 +52,10 @@ class AtariGame:
 
 
 GAMES = {
-    "breakout": AtariGame("Breakout", 1.7, 30.5, 90.0),
-    "pong": AtariGame("Pong", -20.7, 14.6, 20.0),
-    "qbert": AtariGame("Qbert", 163.9, 13455.0, 14000.0),
-    "seaquest": AtariGame("Seaquest", 68.4, 42054.7, 1150.0),
+    "breakout": AtariGame("Breakout", 1.7, 30.5, 90.0, 4),
+    "pong": AtariGame("Pong", -20.7, 14.6, 20.0, 6),
+    "qbert": AtariGame("Qbert", 163.9, 13455.0, 14000.0, 6),
+    "seaquest": AtariGame("Seaquest", 68.4, 42054.7, 1150.0, 18),
 }
 
 
@@ -173,3 +175,39 @@ def generated_atari_dir(request: AtariRequest, log: Callable[[str], None] = prin
                                     "transitions": sum(len(e[1]) for e in episodes),
                                     "returns": [float(e[2].sum()) for e in episodes]}))
     return out / "replay_logs"
+
+
+_REPLAY_PARAMS = {"steps": "num_steps", "buffers": "num_buffers", "per_buffer": "trajectories_per_buffer",
+                  "seed": "seed", "capacity": "buffer_capacity"}
+
+
+def load_atari(scheme: str, body: str, log: Callable[[str], None] = print):
+    """``dqn-replay:PATH[?...]`` or ``generated:atari-GAME[?...]`` → AtariTrajectories."""
+    from raydt.data.dqn_replay import read_dqn_replay
+
+    if scheme == "generated":
+        request = parse_atari(body)
+        game = GAMES[request.game]
+        folder = generated_atari_dir(request, log=log)
+        data = read_dqn_replay(folder, num_steps=request.steps * 10, num_actions=game.num_actions,
+                               env_id=game.env_id, log=lambda _: None)
+        data.source = f"generated:{body}"
+        return data
+    path, _, query = body.partition("?")
+    kwargs: dict[str, int] = {}
+    game_name = None
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key == "game" and value.lower() in GAMES:
+            game_name = value.lower()
+        elif key in _REPLAY_PARAMS and value.isdigit():
+            kwargs[_REPLAY_PARAMS[key]] = int(value)
+        else:
+            raise DataError(f"dqn-replay:{body}: query {item!r} not understood; use steps, buffers, per_buffer, "
+                            f"seed, capacity (integers) or game ({', '.join(GAMES)})")
+    path = str(Path(path).expanduser())
+    if game_name is None:  # DQN-replay's layout is <Game>/<run>
+        game_name = next((part.lower() for part in reversed(Path(path).parts) if part.lower() in GAMES), None)
+    game = GAMES.get(game_name) if game_name else None
+    return read_dqn_replay(path, num_actions=game.num_actions if game else None,
+                           env_id=game.env_id if game else None, log=log, **kwargs)

@@ -100,3 +100,43 @@ class WindowSampler:
         rtg = rows[..., o + a : o + a + 1]  # (B, K, 1)
         timesteps = rows[..., -1].long()  # (B, K)
         return Batch(rtg, states, actions, timesteps, mask)
+
+
+class FrameWindowSampler:
+    """:class:`Batch` es of K-step windows of Atari data (:class:`AtariTrajectories`).
+
+    Same distribution and left padding as :class:`WindowSampler`; states are stacks of 4
+    frames built on the host from single frames (B, K, 4, 84, 84) uint8 and actions are ids
+    (B, K) int64 (0 where padded; padded steps are masked out of attention and loss).
+    """
+
+    def __init__(self, traj, context_length: int, reward_scale: float = 1.0,
+                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.traj, self.context_length, self.reward_scale = traj, context_length, reward_scale
+        self.device = torch.device(device)
+        self.num_steps = traj.num_steps
+        # States are pixels scaled inside the model; the run's "state statistics" are unused.
+        self.state_mean, self.state_std = np.zeros(1, np.float32), np.ones(1, np.float32)
+        episode_end = np.repeat(traj.starts + traj.lengths, traj.lengths)  # (N,) exclusive
+        self.valid = np.minimum(episode_end - np.arange(traj.num_steps), context_length)  # (N,) in 1..K
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch_size: int) -> Batch:
+        first = torch.randint(self.num_steps, (batch_size,), generator=self.generator)
+        return self.windows(first)
+
+    def windows(self, first: torch.Tensor) -> Batch:
+        k, traj = self.context_length, self.traj
+        first = first.cpu().numpy()
+        valid = self.valid[first]  # (B,)
+        positions = np.arange(k)
+        mask = positions[None, :] >= (k - valid)[:, None]  # (B, K)
+        index = np.where(mask, (first + valid)[:, None] - k + positions, 0)  # (B, K) transition ids
+        states = traj.stacked(index.reshape(-1)).reshape(len(first), k, -1, *traj.frames.shape[1:])  # (B, K, 4, 84, 84)
+        states[~mask] = 0
+        actions = np.where(mask, traj.actions[index], 0)  # (B, K)
+        rtg = np.where(mask, traj.returns_to_go[index] * self.reward_scale, 0.0)[..., None]  # (B, K, 1)
+        timesteps = np.where(mask, traj.timesteps[index], 0)  # (B, K)
+        to = lambda x, dtype: torch.as_tensor(x, dtype=dtype).to(self.device, non_blocking=True)  # noqa: E731
+        return Batch(to(rtg, torch.float32), to(states, torch.uint8), to(actions, torch.int64),
+                     to(timesteps, torch.int64), to(mask, torch.bool))

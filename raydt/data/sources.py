@@ -4,6 +4,9 @@
   from D4RL's public URLs when the network allows) or ``d4rl:/path/to/file.hdf5``
 - ``minari:mujoco/hopper/medium-v0``
 - ``generated:hopper-medium[?steps=N&seed=S&env=v4|v5]`` (made locally on first use)
+- ``dqn-replay:/path/to/<Game>/<run>[?steps=N&buffers=B&per_buffer=T&seed=S&game=NAME]``
+  (Atari, DQN-replay checkpoints; DT's defaults: 500k steps, 50 buffers, 10 per buffer)
+- ``generated:atari-pong[?steps=N&seed=S]`` (recorded on the ROM, in the DQN-replay format)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from raydt.data.generate import load_generated, parse_generated
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
 
-SCHEMES = ("d4rl", "minari", "generated")
+SCHEMES = ("d4rl", "minari", "generated", "dqn-replay")
 """URI schemes :func:`load_dataset` understands."""
 
 
@@ -26,14 +29,20 @@ def split_uri(uri: str) -> tuple[str, str]:
     if not sep or scheme not in SCHEMES or not body:
         raise DataError(
             f"dataset URI {uri!r} is not understood; use one of: d4rl:NAME or d4rl:/path.hdf5, "
-            "minari:ID, generated:TASK-QUALITY (for example generated:hopper-medium)"
+            "minari:ID, generated:TASK-QUALITY (for example generated:hopper-medium), "
+            "dqn-replay:/path/to/GAME/RUN, generated:atari-GAME"
         )
     return scheme, body
 
 
 def load_dataset(uri: str, download: bool = True, log: Callable[[str], None] = print) -> Trajectories:
-    """Load the dataset ``uri`` names into flat :class:`Trajectories`."""
+    """Load the dataset ``uri`` names into flat :class:`Trajectories` (Atari sources:
+    :class:`raydt.data.dqn_replay.AtariTrajectories`)."""
     scheme, body = split_uri(uri)
+    if scheme == "dqn-replay" or (scheme == "generated" and body.startswith("atari-")):
+        from raydt.data.atari import load_atari
+
+        return load_atari(scheme, body, log=log)
     if scheme == "generated":
         return load_generated(parse_generated(body), log=log)
     if scheme == "minari":

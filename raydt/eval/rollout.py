@@ -114,14 +114,22 @@ def evaluate(
     state_std: np.ndarray,
     reward_scale: float,
     device: torch.device | str = "cpu",
+    max_steps: int | None = None,
 ) -> tuple[dict[str, float], list[RolloutResult]]:
     """Evaluate every target on the same episode seeds; metrics named as in docs/metrics.md."""
+    from raydt.data.atari import game_from_env_id
+
     seeds = [seed * 100_003 + i for i in range(episodes)]
-    task = task_from_env_id(env_id)
+    task = task_from_env_id(env_id) or game_from_env_id(env_id)  # D4RL- or gamer-normalized
     metrics: dict[str, float] = {}
     results = []
     for i, target in enumerate(targets):
-        res = rollout(model, env_id, target, seeds, state_mean, state_std, reward_scale, device)
+        if model.args.frame_stack:
+            from raydt.eval.atari_rollout import atari_rollout
+
+            res = atari_rollout(model, env_id, target, seeds, reward_scale, device, max_steps=max_steps)
+        else:
+            res = rollout(model, env_id, target, seeds, state_mean, state_std, reward_scale, device, max_steps)
         results.append(res)
         prefix = f"eval/rtg{target:g}/"
         metrics[prefix + "return_mean"] = float(res.returns.mean())

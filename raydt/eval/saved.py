@@ -37,5 +37,6 @@ def evaluate_checkpoint(
     metrics, _ = evaluate(
         model, payload["env_id"], targets, episodes, seed,
         payload["state_mean"].numpy(), payload["state_std"].numpy(), float(payload["reward_scale"]), device,
+        max_steps=payload["config"]["eval"].get("max_steps"),
     )
     return {"step": int(payload["step"]), **metrics}

@@ -25,9 +25,10 @@ def extend_table(table: torch.Tensor, rows: int) -> torch.Tensor:
 
 def build_model(
     cfg: ModelConfig, obs_dim: int, act_dim: int, context_length: int, max_timestep: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, discrete_actions: bool = False, frame_stack: int = 0,
 ) -> tuple[DecisionTransformer, LoadReport]:
-    """A Decision Transformer as ``cfg`` describes it, and the backbone's load report."""
+    """A Decision Transformer as ``cfg`` describes it, and the backbone's load report
+    (``discrete_actions``: act_dim action ids; ``frame_stack``: image states, Atari)."""
     from raydt.pretrain import resolve_backbone
 
     source = resolve_backbone(cfg.backbone, cfg, log=log)
@@ -49,6 +50,8 @@ def build_model(
         backbone_source=cfg.backbone,
         backbone_config=backbone.config.to_dict(),
         backbone_kind=backbone.kind,
+        discrete_actions=discrete_actions,
+        frame_stack=frame_stack,
     )
     model = DecisionTransformer(args, backbone)
     if cfg.positions == "pretrained":

@@ -34,9 +34,33 @@ class ModelArgs:
     """The backbone's Hugging Face config, so a checkpoint rebuilds it without the source."""
     backbone_kind: str = "gpt2"
     """Which :class:`raydt.model.backbone.Backbone` wraps it: gpt2, imagegpt, clip or auto."""
+    discrete_actions: bool = False
+    """Actions are ids in [0, act_dim): embedded by a table, predicted as logits (Atari)."""
+    frame_stack: int = 0
+    """0: states are (obs_dim,) vectors; > 0: stacks of this many 84×84 frames through a CNN."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class NatureCNN(nn.Module):
+    """The Nature-DQN encoder (Mnih et al. 2015) as in DT's Atari model: 3 convolutions and
+    a linear layer with tanh, on frames scaled to [0, 1]."""
+
+    def __init__(self, frames: int, h: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(frames, 32, 8, stride=4), nn.ReLU(),  # (·, 32, 20, 20)
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),  # (·, 64, 9, 9)
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),  # (·, 64, 7, 7)
+            nn.Flatten(), nn.Linear(3136, h), nn.Tanh(),
+        )
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """states (B, K, frames, 84, 84) uint8 → (B, K, h)."""
+        b, k = states.shape[:2]
+        x = states.reshape(b * k, *states.shape[2:]).to(self.net[0].weight.dtype) / 255.0
+        return self.net(x).reshape(b, k, -1)
 
 
 class DecisionTransformer(nn.Module):
@@ -48,11 +72,13 @@ class DecisionTransformer(nn.Module):
         h = args.n_embd
         self.embed_timestep = nn.Embedding(args.max_timestep, h)
         self.embed_return = nn.Linear(1, h)
-        self.embed_state = nn.Linear(args.obs_dim, h)
-        self.embed_action = nn.Linear(args.act_dim, h)
+        self.embed_state = NatureCNN(args.frame_stack, h) if args.frame_stack else nn.Linear(args.obs_dim, h)
+        self.embed_action = nn.Embedding(args.act_dim, h) if args.discrete_actions else nn.Linear(args.act_dim, h)
         self.embed_ln = nn.LayerNorm(h)
         self.backbone = backbone
-        self.predict_action = nn.Sequential(nn.Linear(h, args.act_dim), nn.Tanh())
+        # Discrete actions: logits for a cross-entropy loss; continuous: tanh into [-1, 1].
+        self.predict_action = (nn.Linear(h, args.act_dim) if args.discrete_actions
+                               else nn.Sequential(nn.Linear(h, args.act_dim), nn.Tanh()))
 
     def embed(
         self,
@@ -64,10 +90,10 @@ class DecisionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings fed to the backbone and their attention mask.
 
-        states (B, K, obs), actions (B, K, act), returns_to_go (B, K, 1), timesteps (B, K),
-        mask (B, K) → embeddings (B, 3K, h), mask (B, 3K).
+        states (B, K, obs) or (B, K, frames, 84, 84) uint8, actions (B, K, act) or (B, K) ids,
+        returns_to_go (B, K, 1), timesteps (B, K), mask (B, K) → embeddings (B, 3K, h), mask (B, 3K).
         """
-        b, k, _ = states.shape
+        b, k = states.shape[:2]
         timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
         time = self.embed_timestep(timesteps)  # (B, K, h)
         r = self.embed_return(returns_to_go) + time  # (B, K, h)

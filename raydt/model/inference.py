@@ -134,13 +134,12 @@ class ActionPolicy(nn.Module):
 
     def __init__(self, model: nn.Module, rows_hint: int = 64) -> None:
         super().__init__()
-        model = packed_for_inference(model, rows_hint)
-        self.model = model
+        packed = packed_for_inference(model, rows_hint)
+        self.model = packed
         self.layers: _GPT2Layers | None = None
-        backbone = getattr(model, "backbone", None)
+        backbone = getattr(packed, "backbone", None)
         hf = getattr(backbone, "hf", None)
-        if (getattr(backbone, "kind", None) == "gpt2" and isinstance(model.embed_state, PackedLinear)
-                and _plain_gpt2(hf)):
+        if packed is not model and getattr(backbone, "kind", None) == "gpt2" and _plain_gpt2(hf):
             self.layers = _GPT2Layers(hf)
 
     @torch.no_grad()

@@ -27,7 +27,9 @@ import torch.distributed as dist
 from torch import nn
 
 from raydt.config import RunConfig, to_dict, to_yaml
-from raydt.data.sampler import Batch, WindowSampler
+from raydt.data.atari import game_from_env_id
+from raydt.data.dqn_replay import STACK, AtariTrajectories
+from raydt.data.sampler import Batch, FrameWindowSampler, WindowSampler
 from raydt.data.sources import load_dataset
 from raydt.data.tasks import task_from_env_id
 from raydt.data.text import TextSampler, parse_text_uri, split_tokens, tokenize_cached
@@ -100,10 +102,16 @@ def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunD
             "set eval.env_id (for example Hopper-v4)"
         )
     task = task_from_env_id(env_id)
+    game = game_from_env_id(env_id)
+    if isinstance(traj, AtariTrajectories) != (game is not None):
+        raise ConfigError(f"data.dataset={cfg.data.dataset} and the evaluation environment {env_id} do not "
+                          "match: Atari data evaluates on ALE/<Game>-v5 (set eval.env_id), MuJoCo data on MuJoCo")
     if cfg.eval.target_returns:
         targets = tuple(cfg.eval.target_returns)
     elif task is not None:
         targets = task.target_returns
+    elif game is not None:
+        targets = (game.target_return,)
     else:
         raise ConfigError(f"no default target returns for {env_id}; set eval.target_returns")
     max_timestep = max(int(traj.timesteps.max()) + 1, task.max_episode_steps if task else 0)
@@ -167,7 +175,7 @@ class Trainer:
     """Training text blocks for λ2 (None without co-training)."""
     held_text: torch.Tensor | None = field(init=False, default=None)
     """Fixed held-out text blocks for eval/text_loss (None when not tracked)."""
-    sampler: WindowSampler = field(init=False)
+    sampler: WindowSampler | FrameWindowSampler = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
     env_id: str = field(init=False)
@@ -196,8 +204,11 @@ class Trainer:
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         seed_everything(cfg.train.seed)
         quiet: Callable[[str], None] = ctx.log if ctx.rank == 0 else (lambda _: None)
+        atari = isinstance(traj, AtariTrajectories)
         self.model, report = build_model(
-            cfg.model, traj.obs_dim, traj.act_dim, cfg.data.context_length, data.max_timestep, log=quiet
+            cfg.model, 0 if atari else traj.obs_dim, traj.num_actions if atari else traj.act_dim,
+            cfg.data.context_length, data.max_timestep, log=quiet,
+            discrete_actions=atari, frame_stack=STACK if atari else 0,
         )
         quiet(report.summary())
         self._build_objectives(quiet)
@@ -211,9 +222,12 @@ class Trainer:
                 find_unused_parameters=cfg.loss.lambda2 > 0,
             )
         # Different windows on every rank; the seed stays a function of (seed, rank).
-        self.sampler = WindowSampler(
-            traj, cfg.data.context_length, cfg.data.reward_scale, cfg.data.normalize_states,
-            device=ctx.device, seed=cfg.train.seed * 1009 + ctx.rank,
+        seed = cfg.train.seed * 1009 + ctx.rank
+        self.sampler = (
+            FrameWindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, device=ctx.device, seed=seed)
+            if atari else
+            WindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, cfg.data.normalize_states,
+                          device=ctx.device, seed=seed)
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -310,6 +324,7 @@ class Trainer:
             # terms, which takes the seed-to-seed noise out of learning curves.
             self.model, self.env_id, self.targets, cfg.eval.episodes, cfg.train.seed,
             self.sampler.state_mean, self.sampler.state_std, cfg.data.reward_scale, self.ctx.device,
+            max_steps=cfg.eval.max_steps,
         )
         if self.held_text is not None:
             metrics["eval/text_loss"] = self.text_loss()
@@ -433,7 +448,7 @@ class Trainer:
                 means = {n: t / counts[n] for n, t in zip(names, totals)}
                 metrics = {
                     "train/loss": means["total"],
-                    "train/action_mse": means["action"],
+                    ("train/action_ce" if self.model.args.discrete_actions else "train/action_mse"): means["action"],
                     "train/grad_norm": means["grad_norm"],
                     "train/lr": self.scheduler.get_last_lr()[0],
                     "perf/train_seconds": self.train_seconds,

@@ -56,3 +56,21 @@ def test_packed_linear_and_fallbacks():
     s, a, r, t, mask = (w.double() if w.is_floating_point() else w for w in windows())
     with torch.no_grad():
         torch.testing.assert_close(policy(s, a, r, t, mask), double(s, a, r, t, mask)[:, -1])
+
+
+def test_cached_state_tokens_give_the_same_action_logits():
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(n_embd=32, n_head=2, n_layer=2), 0, 6, 3, 50, discrete_actions=True,
+                           frame_stack=4)
+    model.eval()
+    policy = ActionPolicy(model, rows_hint=6)
+    g = torch.Generator().manual_seed(1)
+    states = torch.randint(0, 256, (2, 3, 4, 84, 84), generator=g, dtype=torch.uint8)
+    actions = torch.randint(0, 6, (2, 3), generator=g)
+    rtg, t = torch.randn(2, 3, 1, generator=g), torch.tensor([[0, 1, 2], [5, 6, 7]])
+    mask = torch.tensor([[False, True, True], [True, True, True]])
+    with torch.no_grad():
+        expected = model(states, actions, rtg, t, mask)[:, -1]  # (B, 6) logits
+    tokens = torch.cat([policy.encode_states(states[:, i : i + 1]) for i in range(3)], dim=1)  # one step at a time
+    torch.testing.assert_close(policy(None, actions, rtg, t, mask, state_tokens=tokens), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy(states, actions, rtg, t, mask), expected, atol=1e-5, rtol=1e-5)

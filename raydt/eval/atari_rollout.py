@@ -33,8 +33,9 @@ def atari_rollout(model: DecisionTransformer, env_id: str, target_return: float,
     horizon = max_steps or 27_000  # ALE's own cap: 108k frames at frame skip 4
     envs = [make_atari_env(game) for _ in range(n)]
     frames = np.zeros((n, STACK, 84, 84), np.uint8)  # the current 4-frame state of each env
-    # Windows of the last K steps, left-padded: shifted by one each step.
-    states = torch.zeros(n, k, STACK, 84, 84, dtype=torch.uint8, device=device)
+    # Windows of the last K steps, left-padded: shifted by one each step. States are kept
+    # encoded: each new frame stack goes through the CNN once, not K times.
+    state_tokens = torch.zeros(n, k, model.args.n_embd, device=device)
     actions = torch.zeros(n, k, dtype=torch.int64, device=device)
     rtg = torch.zeros(n, k, 1, device=device)
     timesteps = torch.zeros(n, k, dtype=torch.int64, device=device)
@@ -52,14 +53,14 @@ def atari_rollout(model: DecisionTransformer, env_id: str, target_return: float,
     policy = ActionPolicy(model, rows_hint=n * 3 * k)
     try:
         for t in range(horizon):
-            for buf in (states, actions, rtg, timesteps, mask):
+            for buf in (state_tokens, actions, rtg, timesteps, mask):
                 buf[:] = torch.roll(buf, -1, dims=1)
-            states[:, -1] = torch.from_numpy(frames).to(device)
+            state_tokens[:, -1] = policy.encode_states(torch.from_numpy(frames).to(device)[:, None])[:, 0]
             actions[:, -1] = 0  # a_t's placeholder: never seen by the prediction of a_t
             rtg[:, -1, 0] = torch.as_tensor(remaining * reward_scale, dtype=torch.float32, device=device)
             timesteps[:, -1] = t
             mask[:, -1] = True
-            logits = policy(states, actions, rtg, timesteps, mask)  # (N, n_actions)
+            logits = policy(None, actions, rtg, timesteps, mask, state_tokens=state_tokens)  # (N, n_actions)
             chosen = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1, generator=generator)[:, 0]
             actions[:, -1] = chosen
             chosen_np = chosen.cpu().numpy()

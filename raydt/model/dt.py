@@ -87,17 +87,20 @@ class DecisionTransformer(nn.Module):
         returns_to_go: torch.Tensor,
         timesteps: torch.Tensor,
         mask: torch.Tensor,
+        state_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings fed to the backbone and their attention mask.
 
         states (B, K, obs) or (B, K, frames, 84, 84) uint8, actions (B, K, act) or (B, K) ids,
         returns_to_go (B, K, 1), timesteps (B, K), mask (B, K) → embeddings (B, 3K, h), mask (B, 3K).
+        ``state_tokens`` (B, K, h): ``embed_state(states)`` computed earlier (an evaluator
+        encodes each new frame stack once); ``states`` is then ignored.
         """
-        b, k = states.shape[:2]
+        b, k = timesteps.shape
         timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
         time = self.embed_timestep(timesteps)  # (B, K, h)
         r = self.embed_return(returns_to_go) + time  # (B, K, h)
-        s = self.embed_state(states) + time  # (B, K, h)
+        s = (self.embed_state(states) if state_tokens is None else state_tokens) + time  # (B, K, h)
         a = self.embed_action(actions) + time  # (B, K, h)
         # Interleave per step: (B, K, 3, h) → (B, 3K, h) = R̂_1, s_1, a_1, R̂_2, ...
         tokens = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.args.n_embd)

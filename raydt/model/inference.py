@@ -143,11 +143,19 @@ class ActionPolicy(nn.Module):
             self.layers = _GPT2Layers(hf)
 
     @torch.no_grad()
-    def forward(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
-                timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode_states(self, states: torch.Tensor) -> torch.Tensor:
+        """State tokens (B, K, h) of states (B, K, ...), for ``forward(state_tokens=...)``."""
+        return self.model.embed_state(states)
+
+    @torch.no_grad()
+    def forward(self, states: torch.Tensor | None, actions: torch.Tensor, returns_to_go: torch.Tensor,
+                timesteps: torch.Tensor, mask: torch.Tensor, state_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The action logits or values at the last step (B, act); ``state_tokens`` (B, K, h)
+        from :meth:`encode_states` replace ``states``."""
+        tokens, token_mask = self.model.embed(states, actions, returns_to_go, timesteps, mask,
+                                              state_tokens=state_tokens)  # (B, 3K, h), (B, 3K)
         if self.layers is None:
-            return self.model(states, actions, returns_to_go, timesteps, mask)[:, -1]  # (B, act)
-        tokens, token_mask = self.model.embed(states, actions, returns_to_go, timesteps, mask)  # (B, 3K, h)
+            return self.model.predict(tokens, token_mask)[:, -1]  # (B, act)
         # Drop a_t's placeholder: s_t, the token the action is read from, comes before it.
         hidden = self.layers(tokens[:, :-1], token_mask[:, :-1])  # (B, h)
         return self.model.predict_action(hidden)  # (B, act)

@@ -251,12 +251,9 @@ def _label(group: Mapping[str, Any]) -> str:
 def plot(results: Sequence[GroupConvergence], out: Path, title: str = "", metric: str = METRIC) -> Path:
     """The averaged curves against steps and against training seconds, with each group's
     best (dashed) and convergence point (circle) marked."""
-    import matplotlib
+    from raydt.tune.report import curves_figure, save_curves_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_steps, ax_secs) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, ax_steps, ax_secs = curves_figure()
     for r in results:
         if not r.steps:
             continue
@@ -265,17 +262,6 @@ def plot(results: Sequence[GroupConvergence], out: Path, title: str = "", metric
             (line,) = ax.plot(x, r.mean_scores, label=f"{_label(r.group)} (n={r.num_seeds})")
             ax.axhline(r.best_score, ls="--", lw=0.8, color=line.get_color())
             ax.plot([x[at]], [r.mean_scores[at]], "o", ms=9, mfc="none", color=line.get_color())
-    ax_steps.set_xlabel("training steps")
-    ax_secs.set_xlabel("training seconds (evaluation excluded)")
-    for ax in (ax_steps, ax_secs):
-        ax.set_ylabel(f"{metric} (mean over seeds)")
-        ax.grid(alpha=0.3)
-    ax_steps.legend(fontsize=8)
     threshold = results[0].threshold if results else THRESHOLD
-    fig.suptitle(f"{title}: dashed = best, circle = first evaluation within {threshold:g} of it".lstrip(": "))
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    title = f"{title}: dashed = best, circle = first evaluation within {threshold:g} of it".lstrip(": ")
+    return save_curves_figure(fig, ax_steps, ax_secs, f"{metric} (mean over seeds)", title, out)

@@ -164,14 +164,9 @@ def format_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
 def plot_curves(root: Path, out: Path, by: Sequence[str] | None = None, metric: str = METRIC) -> Path:
     """Learning curves per group (mean and min–max over seeds) against training steps and
     against training seconds (evaluation excluded), side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     trials = find_runs(root, metric)
     keys, groups = group_trials(trials, by, root)
-    fig, (ax_steps, ax_secs) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, ax_steps, ax_secs = curves_figure()
     for values, members in groups.items():
         label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values)) or "all runs"
         curves = [t.evals for t in members if t.evals]
@@ -185,13 +180,31 @@ def plot_curves(root: Path, out: Path, by: Sequence[str] | None = None, metric: 
         for ax, x in ((ax_steps, steps), (ax_secs, seconds)):
             (line,) = ax.plot(x, mean, label=f"{label} (n={len(curves)})")
             ax.fill_between(x, scores.min(axis=0), scores.max(axis=0), alpha=0.2, color=line.get_color())
+    return save_curves_figure(fig, ax_steps, ax_secs, metric, f"{Path(root).name}: mean over seeds, band = min–max", out)
+
+
+def curves_figure():
+    """A figure with two panels: a metric against training steps and against training seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_steps, ax_secs) = plt.subplots(1, 2, figsize=(12, 4.5))
+    return fig, ax_steps, ax_secs
+
+
+def save_curves_figure(fig, ax_steps, ax_secs, ylabel: str, title: str, out: Path) -> Path:
+    """Label, title and write a :func:`curves_figure` to ``out`` (PNG)."""
+    import matplotlib.pyplot as plt
+
     ax_steps.set_xlabel("training steps")
     ax_secs.set_xlabel("training seconds (evaluation excluded)")
     for ax in (ax_steps, ax_secs):
-        ax.set_ylabel(metric)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax_steps.legend(fontsize=8)
-    fig.suptitle(f"{Path(root).name}: mean over seeds, band = min–max")
+    fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -198,6 +198,39 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step(value: str) -> int | str:
+    return value if value == "last" else int(value)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from raydt.analysis import run as analysis
+
+    run_dir = Path(args.run_dir)
+    if args.what == "params":
+        result = analysis.params(run_dir, _step(args.pre), _step(args.post))
+        rows = [(name, v["l2_distance"], v["cosine_similarity"]) for name, v in result["parameters"].items()]
+        header = f"step {result['pre_step']} → {result['post_step']}: parameter tensor, L2 distance, cosine similarity"
+        lines = [f"{name:<48} {d:10.4f} {c:8.4f}" for name, d, c in sorted(rows, key=lambda r: -r[1])[:25]]
+    elif args.what == "cka":
+        result = analysis.cka(run_dir, _step(args.pre), _step(args.post), windows=args.windows)
+        header = (f"linear CKA, step {result['pre_step']} vs {result['post_step']}, {result['windows']} windows: "
+                  "layer, return / state / action token")
+        lines = [f"{name:<20} " + "  ".join(f"{v[t]:.3f}" for t in analysis.TOKENS) for name, v in result["layers"].items()]
+    else:
+        result = analysis.attention(run_dir, [_step(args.pre), _step(args.post)], windows=args.windows)
+        header = f"mean attention distance per block ({result['windows']} windows); gap to step {next(iter(result['distance']))}"
+        lines = [f"step {step:>8}: " + "  ".join(f"{d:.2f}" for d in dists) + "   gap " +
+                 "  ".join(f"{g:.2f}" for g in result["gap_to_first"][step]) for step, dists in result["distance"].items()]
+    path = analysis.save(run_dir, args.what, result)
+    if args.what == "attention":
+        analysis.plot_attention(run_dir, result)
+    if args.json:
+        print(json.dumps(analysis.public(result)))
+    else:
+        print("\n".join([header, *lines, f"written: {path}"]))
+    return 0
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -302,6 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--json", action="store_true", help="one JSON object per group")
     conv.add_argument("--plot", default=None, metavar="OUT.png", help="plot the averaged curves with best and convergence marked")
     conv.set_defaults(func=cmd_bench_convergence)
+
+    analyze = sub.add_parser("analyze", help="inside the transformer: pre vs post fine-tuning (Takagi 2022)")
+    analyze.add_argument("what", choices=("params", "cka", "attention"),
+                         help="params: per-tensor L2 distance and cosine; cka: linear CKA of every block's "
+                              "sub-layers; attention: attention distance and maps")
+    analyze.add_argument("run_dir", help="a run directory with kept checkpoints (train.keep_checkpoints)")
+    analyze.add_argument("--pre", default="0", help="kept step to compare from (default 0: before fine-tuning)")
+    analyze.add_argument("--post", default="last", help="kept step to compare to (default: the last checkpoint)")
+    analyze.add_argument("--windows", type=int, default=512, help="fixed windows of the run's data to measure on")
+    analyze.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    analyze.set_defaults(func=cmd_analyze)
     return parser
 
 

@@ -144,6 +144,8 @@ class TrainConfig:
     """Steps between training-metric logs (the only host syncs of the inner loop)."""
     early_stop_patience: int = nonnegative(0)
     """Stop after this many evaluations without a new best score; 0 never stops early."""
+    keep_checkpoints: tuple[int, ...] = ()
+    """Steps whose checkpoints are kept as checkpoints/step_<N>.pt (0: before any training), for raydt analyze."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training matmuls: bf16 autocast (auto: on GPUs) or fp32 (auto: on CPUs; bf16 there is ~2x faster on CPUs with AVX512-BF16/AMX)."""
 

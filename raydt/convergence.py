@@ -126,15 +126,15 @@ class GroupConvergence:
                 "incomplete_steps", "runs_without_evals")
         out = {k: getattr(self, k) for k in keys}
         out["seeds"] = [asdict(s) for s in self.seeds]
-        return _json_safe(out)
+        return json_safe(out)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN → None, numpy scalars → Python: strict JSON."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -19,6 +19,11 @@ from raydt.errors import RaydtError
 from raydt.fsutil import atomic_path
 
 LAST = "last.pt"
+
+
+def kept_name(step: int) -> str:
+    """File name of the checkpoint kept at ``step`` (``train.keep_checkpoints``)."""
+    return f"step_{step}.pt"
 """File name of the newest checkpoint in a run's ``checkpoints/`` folder."""
 
 

@@ -43,7 +43,14 @@ from raydt.model.backbone import strip_prefixes
 from raydt.model.build import build_model
 from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
-from raydt.train.checkpoint import LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from raydt.train.checkpoint import (
+    LAST,
+    kept_name,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 Report = Callable[[int, dict[str, float], "Path | None"], None]
 
@@ -424,7 +431,10 @@ class Trainer:
         loop_started, session_train, session_eval = tick, self.train_seconds, self.eval_seconds
         per_rank = cfg.train.batch_size // ctx.world_size
         stop = False
+        keep = set(cfg.train.keep_checkpoints)
         try:
+            if lead and self.step in keep:  # step 0: the weights before fine-tuning
+                save_checkpoint(ckpt_path.parent / kept_name(self.step), self.checkpoint_payload())
             while self.step < cfg.train.steps and not stop:
                 lambda1, lambda2 = self.lambdas()
                 step_out = self.train_step(self.sampler.sample(per_rank), lambda1, lambda2)
@@ -434,6 +444,8 @@ class Trainer:
                     counts[name] = counts.get(name, 0) + 1
                 since_log += 1
                 self.step += 1
+                if lead and self.step in keep:
+                    save_checkpoint(ckpt_path.parent / kept_name(self.step), self.checkpoint_payload())
                 at_log = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
                 at_eval = self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps
                 if not (at_log or at_eval):

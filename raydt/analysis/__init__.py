@@ -1,0 +1,50 @@
+"""What happens inside the transformer during fine-tuning (Takagi 2022; Reid et al. Fig. 2).
+
+The measures are plain functions on tensors; :mod:`raydt.analysis.run` applies them to the
+checkpoints a run keeps (``train.keep_checkpoints``) and ``raydt analyze`` prints and saves
+the results under ``RUN_DIR/analysis/``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA (Kornblith et al. 2019) of features ``x`` (n, d1) and ``y`` (n, d2) of the
+    same n examples: ‖yᵀx‖²_F / (‖xᵀx‖_F ‖yᵀy‖_F) on column-centred features, in [0, 1];
+    1 for the same features up to an orthogonal transform and isotropic scaling."""
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"linear_cka needs (n, d1) and (n, d2) with the same n; got {tuple(x.shape)}, {tuple(y.shape)}")
+    x = x.double() - x.double().mean(dim=0, keepdim=True)  # (n, d1)
+    y = y.double() - y.double().mean(dim=0, keepdim=True)  # (n, d2)
+    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
+    denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(cross / denom) if float(denom) > 0 else 0.0
+
+
+def attention_distance(attn: torch.Tensor) -> torch.Tensor:
+    """Mean attention distance: for attention weights (..., T, T) whose rows (queries i) sum to
+    1 over the keys j they may see, Σ_j attn[i, j]·|i − j| averaged over the queries → (...)."""
+    t = attn.shape[-1]
+    positions = torch.arange(t, device=attn.device, dtype=attn.dtype)
+    distance = (positions[:, None] - positions[None, :]).abs()  # (T, T)
+    return (attn * distance).sum(dim=-1).mean(dim=-1)
+
+
+def parameter_change(pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per parameter tensor present in both state dicts: L2 distance, cosine similarity and
+    the L2 norm before (floating-point tensors of equal shape only)."""
+    out = {}
+    for name, a in pre.items():
+        b = post.get(name)
+        if b is None or not a.is_floating_point() or a.shape != b.shape:
+            continue
+        a64, b64 = a.double().flatten(), b.double().flatten()
+        norms = a64.norm() * b64.norm()
+        out[name] = {
+            "l2_distance": float((a64 - b64).norm()),
+            "cosine_similarity": float(a64 @ b64 / norms) if float(norms) > 0 else float("nan"),
+            "norm_before": float(a64.norm()),
+        }
+    return out

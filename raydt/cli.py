@@ -205,30 +205,37 @@ def _step(value: str) -> int | str:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from raydt.analysis import run as analysis
 
-    run_dir = Path(args.run_dir)
-    if args.what == "params":
-        result = analysis.params(run_dir, _step(args.pre), _step(args.post))
-        rows = [(name, v["l2_distance"], v["cosine_similarity"]) for name, v in result["parameters"].items()]
-        header = f"step {result['pre_step']} → {result['post_step']}: parameter tensor, L2 distance, cosine similarity"
-        lines = [f"{name:<48} {d:10.4f} {c:8.4f}" for name, d, c in sorted(rows, key=lambda r: -r[1])[:25]]
-    elif args.what == "cka":
-        result = analysis.cka(run_dir, _step(args.pre), _step(args.post), windows=args.windows)
-        header = (f"linear CKA, step {result['pre_step']} vs {result['post_step']}, {result['windows']} windows: "
-                  "layer, return / state / action token")
-        lines = [f"{name:<20} " + "  ".join(f"{v[t]:.3f}" for t in analysis.TOKENS) for name, v in result["layers"].items()]
-    else:
-        result = analysis.attention(run_dir, [_step(args.pre), _step(args.post)], windows=args.windows)
-        header = f"mean attention distance per block ({result['windows']} windows); gap to step {next(iter(result['distance']))}"
-        lines = [f"step {step:>8}: " + "  ".join(f"{d:.2f}" for d in dists) + "   gap " +
-                 "  ".join(f"{g:.2f}" for g in result["gap_to_first"][step]) for step, dists in result["distance"].items()]
-    path = analysis.save(run_dir, args.what, result)
-    if args.what == "attention":
-        analysis.plot_attention(run_dir, result)
-    if args.json:
-        print(json.dumps(analysis.public(result)))
-    else:
-        print("\n".join([header, *lines, f"written: {path}"]))
+    pre, post = _step(args.pre), _step(args.post)
+    step = _step(args.step) if args.step is not None else (post if args.what == "mi" else pre)
+    needs = {"params": [pre, post], "cka": [pre, post], "attention": [pre, post], "mi": [step], "grads": [step]}
+    # A sweep or a folder of runs: every run below it, each checked before any is measured.
+    run_dirs = analysis.run_dirs(Path(args.run_dir), needs[args.what])
+    windows = args.windows or ANALYZE_WINDOWS[args.what]
+    for run_dir in run_dirs:
+        if args.what == "params":
+            result = analysis.params(run_dir, pre, post)
+        elif args.what == "cka":
+            result = analysis.cka(run_dir, pre, post, windows=windows)
+        elif args.what == "attention":
+            result = analysis.attention(run_dir, [pre, post], windows=windows)
+        elif args.what == "mi":
+            result = analysis.mi(run_dir, step, windows=windows, steps=args.mine_steps,
+                                 log=lambda msg: print(msg, file=sys.stderr))
+        else:
+            result = analysis.grads(run_dir, step, windows=windows)
+        path = analysis.save(run_dir, args.what, result)
+        if args.what in analysis.PLOTS:
+            getattr(analysis, analysis.PLOTS[args.what])(run_dir, result)
+        if args.json:
+            print(json.dumps({"run": str(run_dir), **analysis.public(result)}))
+        else:
+            heading = [f"== {run_dir}"] if len(run_dirs) > 1 else []
+            print("\n".join([*heading, *analysis.summary(args.what, result), f"written: {path}"]))
     return 0
+
+
+ANALYZE_WINDOWS = {"params": 0, "cka": 512, "attention": 64, "mi": 4096, "grads": 64}
+"""Default number of fixed windows each analysis measures on (params needs none)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -337,13 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_bench_convergence)
 
     analyze = sub.add_parser("analyze", help="inside the transformer: pre vs post fine-tuning (Takagi 2022)")
-    analyze.add_argument("what", choices=("params", "cka", "attention"),
-                         help="params: per-tensor L2 distance and cosine; cka: linear CKA of every block's "
-                              "sub-layers; attention: attention distance and maps")
+    analyze.add_argument("what", choices=("params", "cka", "attention", "mi", "grads"),
+                         help="params: per-tensor L2 distance and cosine, pre vs post; cka: linear CKA of every "
+                              "block's sub-layers, pre vs post; attention: attention distance and maps, pre and "
+                              "post; mi: MINE estimates I(X;T), I(Y;T) at one step (default post); grads: "
+                              "per-sample gradients, norms, confusion and shares at one step (default pre)")
     analyze.add_argument("run_dir", help="a run directory with kept checkpoints (train.keep_checkpoints)")
     analyze.add_argument("--pre", default="0", help="kept step to compare from (default 0: before fine-tuning)")
     analyze.add_argument("--post", default="last", help="kept step to compare to (default: the last checkpoint)")
-    analyze.add_argument("--windows", type=int, default=512, help="fixed windows of the run's data to measure on")
+    analyze.add_argument("--step", default=None, help="the kept step mi or grads measures at (default: --post for "
+                                                         "mi, --pre for grads)")
+    analyze.add_argument("--windows", type=int, default=None,
+                         help="fixed windows of the run's data to measure on (default: cka 512, attention 64, "
+                              "mi 4096, grads 64)")
+    analyze.add_argument("--mine-steps", type=int, default=1000, help="training steps of each MINE estimate")
     analyze.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     analyze.set_defaults(func=cmd_analyze)
     return parser

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from raydt.analysis import attention_distance, linear_cka, parameter_change
+from raydt.analysis import (
+    attention_distance,
+    gradient_confusion,
+    linear_cka,
+    mine_batched,
+    mutual_information,
+    parameter_change,
+)
+from raydt.analysis.mine import _LogMeanExpEMA
 
 
 def test_linear_cka_known_values():
@@ -48,6 +56,83 @@ def test_parameter_change():
     assert math.isnan(parameter_change({"z": torch.zeros(2)}, {"z": torch.ones(2)})["z"]["cosine_similarity"])
 
 
+def test_mine_recovers_the_mutual_information_of_correlated_gaussians():
+    g = torch.Generator().manual_seed(1)
+    n, rho = 4000, 0.8
+    x = torch.randn(n, 2, generator=g)
+    y = rho * x + math.sqrt(1 - rho**2) * torch.randn(n, 2, generator=g)  # two independent ρ pairs
+    exact = -math.log(1 - rho**2)  # 2 × (−½ log(1 − ρ²)) = 1.022 nats
+    independent = torch.randn(n, 2, generator=g)
+    padded = torch.nn.functional.pad(x, (0, 3))  # the same x with three zero columns
+    # Three estimates trained together: each must land on its own answer.
+    xs = torch.stack([torch.nn.functional.pad(x, (0, 3)), torch.nn.functional.pad(x, (0, 3)), padded])
+    ys = torch.stack([y, independent, y])
+    est = mine_batched(xs, ys, steps=600)
+    assert est[0].item() == pytest.approx(exact, abs=0.15)
+    assert abs(est[1].item()) < 0.05
+    assert est[2].item() == pytest.approx(exact, abs=0.15)
+    one_d = mutual_information(x[:, 0], y[:, 0], steps=600)  # vectors of shape (n,)
+    assert one_d == pytest.approx(exact / 2, abs=0.1)
+    with pytest.raises(ValueError, match="same E and n"):
+        mine_batched(xs, ys[:, :10])
+
+
+def test_mine_moving_average_gradient_is_the_exact_gradient_when_the_average_is_the_batch_mean():
+    t = torch.randn(3, 50, dtype=torch.float64, requires_grad=True)
+    own = (torch.logsumexp(t, dim=1) - math.log(50)).detach()
+    _LogMeanExpEMA.apply(t, own).sum().backward()
+    exact = torch.softmax(t.detach(), dim=1)  # ∂/∂t_j log mean e^t = e^t_j / Σ e^t
+    assert torch.allclose(t.grad, exact)
+    t.grad = None
+    _LogMeanExpEMA.apply(t, own + math.log(2.0)).sum().backward()  # a running mean twice as large
+    assert torch.allclose(t.grad, exact / 2)
+
+
+def test_gradient_confusion_known_values():
+    v = torch.tensor([1.0, -2.0, 0.5])
+    assert gradient_confusion(v.expand(5, 3)) == pytest.approx(1.0)  # identical samples
+    assert gradient_confusion(torch.stack([v, 3 * v])) == pytest.approx(1.0)  # scale does not matter
+    assert gradient_confusion(torch.stack([v, -v, v])) == pytest.approx(-1.0)
+    assert gradient_confusion(torch.eye(4)) == pytest.approx(0.0)
+    three = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    assert gradient_confusion(three) == pytest.approx(0.0)  # min over pairs: (0, 2)
+    with pytest.raises(ValueError, match="n >= 2"):
+        gradient_confusion(v[None])
+
+
+def test_per_sample_gradients_match_one_backward_per_window(tmp_path):
+    from raydt.analysis.run import (
+        fixed_windows,
+        load_model_at,
+        per_sample_gradients,
+        trained_parameters,
+    )
+    from raydt.losses import action_loss
+    from raydt.train.loop import fit
+    from tests.test_train import quiet, tiny_config
+
+    fit(tiny_config("train.keep_checkpoints=[0]"), tmp_path, quiet())
+    model, payload = load_model_at(tmp_path, 0)
+    batch = fixed_windows(payload, 6)
+    params = trained_parameters(model, payload["config"])
+    assert "backbone.hf.wte.weight" not in params  # the token table is not trained without λ2
+    per_sample = per_sample_gradients(model, batch, params, chunk=4)
+    assert set(per_sample) == set(params) and all(g.shape[0] == 6 for g in per_sample.values())
+    for i in (0, 5):
+        model.zero_grad()
+        one = [x[i:i + 1] for x in (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)]
+        action_loss(model(*one), one[1], one[4]).backward()
+        for name, p in params.items():
+            assert torch.allclose(per_sample[name][i], p.grad, atol=1e-6), name
+
+    # The same window six times: six equal gradients, confusion exactly 1.
+    same = type(batch)(*(x[:1].expand(6, *x.shape[1:]) for x in batch))
+    grads = per_sample_gradients(model, same, params)
+    flat = torch.cat([g.flatten(1) for g in grads.values()], dim=1)
+    assert gradient_confusion(flat) == pytest.approx(1.0)
+    assert gradient_confusion(torch.cat([flat[:3], torch.cat([g.flatten(1) for g in per_sample.values()], 1)])) < 1.0
+
+
 def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
     import json
 
@@ -87,3 +172,42 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
 
     assert main(["analyze", "cka", str(tmp_path), "--pre", "4"]) == 2
     assert "kept steps [0, 8] and 'last'" in capsys.readouterr().err
+
+    assert main(["analyze", "grads", str(tmp_path), "--windows", "8", "--json"]) == 0
+    grads = json.loads(capsys.readouterr().out)
+    assert grads["step"] == 0 and grads["windows"] == 8 and len(grads["per_sample_norms"]) == 8
+    assert -1 <= grads["confusion"] <= grads["mean_cosine"] <= 1
+    assert sum(grads["share"].values()) == pytest.approx(1.0)
+    assert grads["batch_norm_clipped"] == pytest.approx(min(grads["batch_norm"], grads["grad_clip"]))
+    assert (tmp_path / "analysis" / "grads.png").stat().st_size > 5_000
+
+    assert main(["analyze", "mi", str(tmp_path), "--windows", "64", "--mine-steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "shallow" in out and "I(Y;T)" in out
+    mi = json.loads((tmp_path / "analysis" / "mi.json").read_text())
+    k = 5  # tiny_config's context length
+    assert mi["step"] == 12 and mi["tokens"][:4] == ["R0", "s0", "a0", "R1"] and mi["tokens"][-1] == f"s{k - 1}"
+    assert set(mi["blocks"]) == {"shallow", "middle", "deep"}
+    assert [v["block"] for v in mi["blocks"].values()] == [0, 1, 1]
+    assert all(len(v["I_XT"]) == len(v["I_YT"]) == 3 * k - 1 for v in mi["blocks"].values())
+    assert (tmp_path / "analysis" / "mi.png").stat().st_size > 5_000
+
+
+def test_analyze_a_folder_of_runs_checks_every_run_first(tmp_path, capsys):
+    import json
+
+    from raydt.cli import main
+    from raydt.train.loop import fit
+    from tests.test_train import quiet, tiny_config
+
+    fit(tiny_config("train.keep_checkpoints=[0]", "train.steps=4"), tmp_path / "sweep" / "a", quiet())
+    fit(tiny_config("train.keep_checkpoints=[]", "train.steps=4"), tmp_path / "sweep" / "b", quiet())  # no step 0
+    assert main(["analyze", "params", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert "sweep/b/checkpoints/step_0.pt not found" in err and "sweep/a" not in err
+    assert not (tmp_path / "sweep" / "a" / "analysis").exists()  # nothing measured
+
+    assert main(["analyze", "params", str(tmp_path / "sweep"), "--pre", "last", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["run"].split("/")[-1] for r in rows] == ["a", "b"]
+    assert all((tmp_path / "sweep" / n / "analysis" / "params.json").exists() for n in "ab")

@@ -150,6 +150,8 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
             argv += ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "corpus.vocab_size=300",
                      "--set", "corpus.block_size=32", "--set", "train.batch_size=4", "--set", "model.n_embd=32"]
             argv[argv.index("--out") + 1] = f"{tmp_path}/runs/chibit_quick"
+        if argv[:2] == ["analyze", "mi"]:  # a few windows and MINE steps: the wiring, not the estimate
+            argv += ["--windows", "64", "--mine-steps", "5"]
         if argv[0] == "compare":
             argv[argv.index("--out") + 1] = str(tmp_path / "curves.png")
         if argv[0] == "bench":

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from raydt.analysis.mine import mine_batched, mutual_information
+
+__all__ = ["attention_distance", "gradient_confusion", "linear_cka", "mine_batched", "mutual_information",
+           "pairwise_cosines", "parameter_change"]
+
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Linear CKA (Kornblith et al. 2019) of features ``x`` (n, d1) and ``y`` (n, d2) of the
@@ -48,3 +53,20 @@ def parameter_change(pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor]
             "norm_before": float(a64.norm()),
         }
     return out
+
+
+def pairwise_cosines(grads: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every pair of rows of ``grads`` (n, P) → (n, n), in float64."""
+    g = grads.double()
+    unit = g / g.norm(dim=1, keepdim=True).clamp(min=torch.finfo(g.dtype).tiny)
+    return (unit @ unit.T).clamp(-1.0, 1.0)
+
+
+def gradient_confusion(grads: torch.Tensor) -> float:
+    """Gradient confusion (Sankararaman et al. 2020) of per-sample gradients ``grads`` (n, P):
+    the minimum cosine similarity over pairs of different samples, in [−1, 1]; 1 when all
+    point the same way, negative when some pair pulls the parameters in opposed directions."""
+    if grads.ndim != 2 or grads.shape[0] < 2:
+        raise ValueError(f"gradient_confusion needs (n >= 2, P) per-sample gradients; got {tuple(grads.shape)}")
+    cos = pairwise_cosines(grads)
+    return float(cos[~torch.eye(len(cos), dtype=torch.bool, device=cos.device)].min())

@@ -24,6 +24,8 @@ from raydt.train.checkpoint import LAST, kept_name, load_checkpoint
 TOKENS = ("return", "state", "action")
 """The last time step's three tokens, in window order."""
 
+MI_LABELS = {"I_XT": "I(X;T)", "I_YT": "I(Y;T)"}
+
 
 def checkpoint_path(run_dir: Path, step: int | str) -> Path:
     """The kept checkpoint of ``step`` ("last" for the final one), or a clear error."""
@@ -36,6 +38,28 @@ def checkpoint_path(run_dir: Path, step: int | str) -> Path:
             "train.keep_checkpoints: [0, ...] (0 = before fine-tuning) and train again"
         )
     return path
+
+
+def run_dirs(root: Path, steps: list[int | str]) -> list[Path]:
+    """The run directories an analysis covers: ``root`` itself when it is a run, else every
+    run below it (a sweep's trials). Each must hold the checkpoints of ``steps``; the error
+    names every one that does not, before anything is measured."""
+    from raydt.tune.report import find_runs
+
+    root = Path(root)
+    if not root.exists():
+        raise RaydtError(f"{root} not found")
+    runs = [root] if (root / "config.resolved.yaml").exists() else [t.path for t in find_runs(root)]
+    problems = []
+    for run in runs:
+        for step in dict.fromkeys(steps):
+            try:
+                checkpoint_path(run, step)
+            except RaydtError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise RaydtError("\n".join(problems))
+    return runs
 
 
 def load_model_at(run_dir: Path, step: int | str):
@@ -97,6 +121,150 @@ def block_activations(model, batch) -> dict[str, torch.Tensor]:
     return captured
 
 
+@torch.no_grad()
+def block_outputs(model, batch, blocks: list[int]) -> dict[int, torch.Tensor]:
+    """Output of each block in ``blocks`` at every token: block → (B, 3K, h)."""
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(index):
+        def hook(_module, _inputs, output):
+            captured[index] = (output[0] if isinstance(output, tuple) else output).detach().float()
+        return hook
+
+    hooks = [model.backbone.blocks[i].register_forward_hook(keep(i)) for i in blocks]
+    try:
+        model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def token_inputs(batch) -> torch.Tensor:
+    """The raw value behind every token, zero-padded to one width: (B, 3K, max(obs, act, 1)),
+    return-to-go (as scaled for the model), state (as normalised), action."""
+    parts = (batch.returns_to_go, batch.states, batch.actions.float())  # (B, K, ·) each
+    width = max(p.shape[-1] for p in parts)
+    padded = [torch.nn.functional.pad(p.float(), (0, width - p.shape[-1])) for p in parts]
+    b, k = batch.mask.shape
+    return torch.stack(padded, dim=2).reshape(b, 3 * k, width)
+
+
+def token_names(k: int) -> list[str]:
+    """Names of the 3K tokens of a window: R0, s0, a0, R1, ..."""
+    return [f"{kind}{i}" for i in range(k) for kind in "Rsa"]
+
+
+def depth_blocks(n_blocks: int) -> dict[str, int]:
+    """The shallow, middle and deep blocks (Takagi's three depths)."""
+    return {"shallow": 0, "middle": n_blocks // 2, "deep": n_blocks - 1}
+
+
+def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int = 1000,
+       chunk: int = 128, seed: int = 0, log=lambda _msg: None) -> dict[str, Any]:
+    """Takagi's MINE estimates at one checkpoint, for the shallow, middle and deep blocks:
+    I(X;T) = I(x_t; T_l(s_K)), how much of the input at token t reaches the last state
+    token, and I(Y;T) = I(a_K; T_l(x_t)), how much of the action to predict token t's
+    representation holds, for every token t before a_K."""
+    from raydt.analysis.mine import mine_batched
+
+    model, payload = load_model_at(run_dir, step)
+    batch = fixed_windows(payload, windows, seed=seed)
+    n, k = batch.mask.shape
+    depths = depth_blocks(len(model.backbone.blocks))
+    hidden = block_outputs(model, batch, sorted(set(depths.values())))
+    raw = token_inputs(batch)  # (n, 3K, w)
+    last_state, positions = 3 * k - 2, 3 * k - 1  # s_K's index; tokens 0..s_K
+    target = raw[:, 3 * k - 1]  # (n, w): a_K
+
+    pairs = []  # (x (n, w), y (n, h)) per estimate, in (depth, kind, position) order
+    for block in depths.values():
+        pairs += [(raw[:, t], hidden[block][:, last_state]) for t in range(positions)]  # I(X;T)
+        pairs += [(target, hidden[block][:, t]) for t in range(positions)]  # I(Y;T)
+    estimates = []
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start:start + chunk]
+        log(f"MINE: estimates {start + 1}-{start + len(part)} of {len(pairs)}")
+        xs = torch.stack([x for x, _ in part])  # (E, n, w)
+        ys = torch.stack([y for _, y in part])  # (E, n, h)
+        estimates += mine_batched(xs, ys, steps=steps, seed=seed + start).tolist()
+    out: dict[str, Any] = {"step": payload["step"], "windows": n, "mine_steps": steps,
+                           "tokens": token_names(k)[:positions], "blocks": {}}
+    for i, (depth, block) in enumerate(depths.items()):
+        values = estimates[2 * i * positions:2 * (i + 1) * positions]
+        out["blocks"][depth] = {"block": block, "I_XT": values[:positions], "I_YT": values[positions:]}
+    return out
+
+
+def trained_parameters(model, cfg: dict[str, Any]) -> dict[str, torch.nn.Parameter]:
+    """The parameters the run's optimiser updated: ``model.freeze`` applied, and the token
+    table only when λ2 co-training trained it (as the trainer decides)."""
+    from raydt.model.backbone import freeze
+
+    freeze(model.backbone, cfg["model"]["freeze"])
+    co_trained = cfg["loss"]["lambda2"] > 0 and cfg["model"]["freeze"] == "none"
+    model.backbone.token_embeddings.weight.requires_grad_(co_trained)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def per_sample_gradients(model, batch, params: dict[str, torch.Tensor], chunk: int = 16) -> dict[str, torch.Tensor]:
+    """Gradient of the action loss of each window on its own (torch.func: vmap of grad):
+    name → (n, *param.shape). Windows must be full (no padding): one mask serves all."""
+    from torch.func import functional_call, grad, vmap
+
+    from raydt.losses import action_loss
+
+    model.backbone.hf.config._attn_implementation = "eager"  # SDPA has no batching rule under vmap
+    frozen = {name: p.detach() for name, p in model.named_parameters() if name not in params}
+    mask = batch.mask[:1]  # (1, K): all true; shared, so no data-dependent masking runs under vmap
+
+    def loss_one(p, states, actions, rtg, timesteps):
+        inputs = (states[None], actions[None], rtg[None], timesteps[None], mask)
+        pred = functional_call(model, {**frozen, **p}, inputs)  # (1, K, act)
+        return action_loss(pred, actions[None], mask)
+
+    detached = {name: p.detach() for name, p in params.items()}
+    return vmap(grad(loss_one), in_dims=(None, 0, 0, 0, 0), chunk_size=chunk)(
+        detached, batch.states, batch.actions, batch.returns_to_go, batch.timesteps)
+
+
+def grads(run_dir: Path, step: int | str = 0, windows: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Takagi's gradient analysis at one checkpoint: per-sample gradient norms before and
+    after clipping at the run's ``optim.grad_clip``, gradient confusion (minimum pairwise
+    cosine), and each parameter's share of the squared norm of the batch gradient."""
+    from raydt.analysis import pairwise_cosines
+
+    model, payload = load_model_at(run_dir, step)
+    cfg = payload["config"]
+    batch = fixed_windows(payload, windows, seed=seed)
+    params = trained_parameters(model, cfg)
+    per_sample = per_sample_gradients(model, batch, params)
+    flat = torch.cat([g.flatten(1) for g in per_sample.values()], dim=1).double()  # (n, P)
+    norms = flat.norm(dim=1)  # (n,)
+    clip = float(cfg["optim"]["grad_clip"])
+    clipped = norms.clamp(max=clip) if clip > 0 else norms
+    # The gradient a training step clips is the batch mean's; with full windows the batch
+    # loss is the mean of the windows' losses, so it is the mean of the per-sample gradients.
+    batch_grads = {name: g.double().mean(dim=0) for name, g in per_sample.items()}
+    batch_sq = sum(float(g.square().sum()) for g in batch_grads.values())
+    share = {name: float(g.square().sum()) / batch_sq if batch_sq > 0 else float("nan")
+             for name, g in batch_grads.items()}
+    cos = pairwise_cosines(flat)  # (n, n)
+    off = ~torch.eye(len(flat), dtype=torch.bool)
+    return {
+        "step": payload["step"], "windows": len(flat), "grad_clip": clip, "parameters": flat.shape[1],
+        "loss": "action loss of each window (the λ terms are left out)",
+        "confusion": float(cos[off].min()), "mean_cosine": float(cos[off].mean()),
+        "norm": {"mean": float(norms.mean()), "median": float(norms.median()), "min": float(norms.min()),
+                 "max": float(norms.max())},
+        "clipped_norm_mean": float(clipped.mean()),
+        "fraction_clipped": float((norms > clip).double().mean()) if clip > 0 else 0.0,
+        "batch_norm": batch_sq ** 0.5, "batch_norm_clipped": min(batch_sq ** 0.5, clip) if clip > 0 else batch_sq ** 0.5,
+        "share": dict(sorted(share.items(), key=lambda kv: -kv[1])),
+        "per_sample_norms": norms.tolist(),
+    }
+
+
 def cka(run_dir: Path, pre: int | str = 0, post: int | str = "last", windows: int = 512) -> dict[str, Any]:
     model_a, payload_a = load_model_at(run_dir, pre)
     model_b, payload_b = load_model_at(run_dir, post)
@@ -132,6 +300,47 @@ def attention(run_dir: Path, steps: list[int | str], windows: int = 64) -> dict[
     return {"windows": int(len(batch.mask)), "distance": results, "gap_to_first": gaps, "_maps": maps}
 
 
+def summary(what: str, result: dict[str, Any]) -> list[str]:
+    """A short table of ``result`` for the terminal."""
+    if what == "params":
+        rows = sorted(result["parameters"].items(), key=lambda kv: -kv[1]["l2_distance"])[:25]
+        return [f"step {result['pre_step']} → {result['post_step']}: parameter tensor, L2 distance, cosine similarity",
+                *(f"{name:<48} {v['l2_distance']:10.4f} {v['cosine_similarity']:8.4f}" for name, v in rows)]
+    if what == "cka":
+        return [f"linear CKA, step {result['pre_step']} vs {result['post_step']}, {result['windows']} windows: "
+                "layer, return / state / action token",
+                *(f"{name:<20} " + "  ".join(f"{v[t]:.3f}" for t in TOKENS) for name, v in result["layers"].items())]
+    if what == "attention":
+        first = next(iter(result["distance"]))
+        return [f"mean attention distance per block ({result['windows']} windows); gap to step {first}",
+                *(f"step {step:>8}: " + "  ".join(f"{d:.2f}" for d in dists) + "   gap " +
+                  "  ".join(f"{g:.2f}" for g in result["gap_to_first"][step])
+                  for step, dists in result["distance"].items())]
+    if what == "mi":
+        tokens = result["tokens"]
+        lines = [f"MINE at step {result['step']}, {result['windows']} windows (nats): mean over the window's "
+                 f"R / s / a tokens, and at the last step's R / s"]
+        for depth, v in result["blocks"].items():
+            for key in ("I_XT", "I_YT"):
+                means = [np.mean([x for x, t in zip(v[key], tokens) if t[0] == kind]) for kind in "Rsa"]
+                lines.append(f"{depth:<8} block {v['block']:<3} {MI_LABELS[key]}  " + "  ".join(f"{m:6.3f}" for m in means)
+                             + f"   last {v[key][-2]:6.3f} {v[key][-1]:6.3f}")
+        return lines
+    share = list(result["share"].items())[:5]
+    return [
+        f"gradients at step {result['step']}, {result['windows']} windows, {result['parameters']:,} parameters",
+        f"per-sample norm: mean {result['norm']['mean']:.4f}, median {result['norm']['median']:.4f}, "
+        f"max {result['norm']['max']:.4f}; {100 * result['fraction_clipped']:.0f}% above the clip {result['grad_clip']}",
+        f"batch gradient norm {result['batch_norm']:.4f} (clipped {result['batch_norm_clipped']:.4f})",
+        f"gradient confusion (min pairwise cosine) {result['confusion']:.4f}; mean cosine {result['mean_cosine']:.4f}",
+        "largest shares of the squared norm: " + ", ".join(f"{name} {v:.3f}" for name, v in share),
+    ]
+
+
+PLOTS = {"attention": "plot_attention", "mi": "plot_mi", "grads": "plot_grads"}
+"""The analyses that draw a figure, and the function that draws it."""
+
+
 def public(result: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able numbers of a result: figure data (keys starting with _) left out, NaN as null."""
     from raydt.convergence import json_safe
@@ -146,6 +355,61 @@ def save(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(public(result), indent=1))
     return path
+
+
+def plot_grads(run_dir: Path, result: dict[str, Any]) -> Path:
+    """Per-sample gradient norms with the clipping threshold (Takagi Fig. 6) and the largest
+    parameter shares of the batch gradient (Fig. 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    left.hist(result["per_sample_norms"], bins=30)
+    if result["grad_clip"] > 0:
+        left.axvline(result["grad_clip"], color="k", linestyle="--", label=f"clip {result['grad_clip']}")
+        left.legend(fontsize=8)
+    left.set_xlabel("per-sample gradient norm")
+    left.set_title(f"step {result['step']}: confusion {result['confusion']:.3f}", fontsize=9)
+    top = list(result["share"].items())[:10]
+    right.barh([name for name, _ in top][::-1], [v for _, v in top][::-1])
+    right.set_xlabel("share of the squared batch-gradient norm")
+    right.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    out = Path(run_dir) / "analysis" / "grads.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_mi(run_dir: Path, result: dict[str, Any]) -> Path:
+    """I(X;T) and I(Y;T) against the token's time step, R/s/a as triangle/circle/cross
+    (Takagi Fig. 2), one row per depth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    depths = result["blocks"]
+    tokens = result["tokens"]
+    fig, axes = plt.subplots(len(depths), 2, figsize=(9, 2.8 * len(depths)), squeeze=False)
+    for r, (depth, values) in enumerate(depths.items()):
+        for c, key in enumerate(("I_XT", "I_YT")):
+            ax = axes[r][c]
+            for kind, marker in zip("Rsa", "^ox"):
+                idx = [i for i, name in enumerate(tokens) if name[0] == kind]
+                ax.plot([int(tokens[i][1:]) for i in idx], [values[key][i] for i in idx],
+                        marker=marker, linestyle="none", label=kind)
+            ax.set_title(f"{MI_LABELS[key]}, {depth} block {values['block']}", fontsize=9)
+            ax.set_xlabel("time step in window")
+            ax.set_ylabel("nats")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(run_dir) / "analysis" / "mi.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def plot_attention(run_dir: Path, result: dict[str, Any]) -> Path:

@@ -200,6 +200,8 @@ class ResourcesConfig:
     """Give each worker one GPU (NCCL); otherwise CPU workers (gloo)."""
     cpus_per_worker: int = positive(1)
     """CPU cores reserved for each worker; also its number of PyTorch threads."""
+    max_failures: int = nonnegative(3)
+    """Restarts after a worker or node failure, each from the run's last checkpoint, before the run fails."""
 
 
 @dataclass(frozen=True)

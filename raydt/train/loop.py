@@ -495,12 +495,14 @@ class Trainer:
                         stop = bool(patience) and self.evals_since_best >= patience
                     metrics["perf/eval_seconds"] = self.eval_seconds
                     stop = self._agree(stop)
-                    if lead:
-                        checkpoint = save_checkpoint(ckpt_path, self.checkpoint_payload())
                 metrics["perf/total_seconds"] = self.train_seconds + self.eval_seconds
                 if lead:
                     sink.log(self.step, metrics)
                     ctx.log(_progress_line(self.step, cfg.train.steps, metrics))
+                    # The checkpoint after the row: a run killed between the two resumes from
+                    # the previous checkpoint and logs this evaluation again, never skips it.
+                    if at_eval:
+                        checkpoint = save_checkpoint(ckpt_path, self.checkpoint_payload())
                 if at_eval and ctx.report is not None:
                     ctx.report(self.step, metrics, checkpoint)
                 last = metrics

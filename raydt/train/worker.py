@@ -70,6 +70,7 @@ def scaling_config(config: RunConfig):
 
 def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str, callbacks: list | None = None):
     """A ``TorchTrainer`` running ``config`` into ``run_dir`` (Ray's own files under ``storage_path/name``)."""
+    from ray.train import FailureConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
@@ -81,6 +82,9 @@ def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str,
             name=name,
             storage_path=storage_path,
             callbacks=callbacks or [],
+            # A dead worker process or node restarts the worker group, which resumes from
+            # the run directory's last checkpoint (train_loop_per_worker).
+            failure_config=FailureConfig(max_failures=config.resources.max_failures),
         ),
     )
 

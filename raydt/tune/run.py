@@ -305,6 +305,9 @@ def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool
                 storage_path=storage,
                 stop=_stopper(spec),
                 verbose=1,
+                # A trial whose own process dies with its node is started again; its run
+                # directory's checkpoint makes that a resumption, not a fresh start.
+                failure_config=tune.FailureConfig(max_failures=base.resources.max_failures),
             ),
         )
     started = time.time()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raydt.errors import RaydtError
+from raydt.storage import Mirror, is_uri, join, local_view
 
 
 def _log(message: str) -> None:
@@ -102,6 +103,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raydt.train.driver import run_training
 
     config = load_config(args.spec, args.set)
+    if args.out and is_uri(args.out):
+        raise RaydtError(f"--out {args.out}: raydt train writes a local run directory; sweeps write to "
+                         "URIs (raydt sweep SPEC --out s3://...)")
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     metrics = run_training(
         config, run_dir, use_ray=not args.no_ray, resume=args.resume, overwrite=args.overwrite,
@@ -171,7 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from raydt.tune.report import format_csv, format_table, summarize
 
-    keys, rows = summarize(Path(args.sweep_dir), by=args.by)
+    keys, rows = summarize(local_view(args.sweep_dir), by=args.by)
     print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
     return 0
 
@@ -179,21 +183,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from raydt.tune.report import plot_curves
 
-    print(plot_curves(Path(args.sweep_dir), Path(args.out), by=args.by))
+    print(plot_curves(local_view(args.sweep_dir), Path(args.out), by=args.by))
     return 0
 
 
 def cmd_bench_convergence(args: argparse.Namespace) -> int:
     from raydt.convergence import convergence, format_table, plot
 
-    keys, results = convergence(Path(args.run_dir), by=args.by, threshold=args.threshold,
+    keys, results = convergence(local_view(args.run_dir), by=args.by, threshold=args.threshold,
                                 metric=args.metric, mode=args.mode)
     if args.json:
         print("\n".join(json.dumps(r.summary()) for r in results))
     else:
         print(format_table(keys, results))
     if args.plot:
-        path = plot(results, Path(args.plot), title=Path(args.run_dir).name, metric=args.metric)
+        path = plot(results, Path(args.plot), title=args.run_dir.rstrip("/").rsplit("/", 1)[-1], metric=args.metric)
         print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -209,7 +213,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     step = _step(args.step) if args.step is not None else (post if args.what == "mi" else pre)
     needs = {"params": [pre, post], "cka": [pre, post], "attention": [pre, post], "mi": [step], "grads": [step]}
     # A sweep or a folder of runs: every run below it, each checked before any is measured.
-    run_dirs = analysis.run_dirs(Path(args.run_dir), needs[args.what])
+    root = local_view(args.run_dir, checkpoints=True)
+    run_dirs = analysis.run_dirs(root, needs[args.what])
     windows = args.windows or ANALYZE_WINDOWS[args.what]
     for run_dir in run_dirs:
         if args.what == "params":
@@ -231,6 +236,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         else:
             heading = [f"== {run_dir}"] if len(run_dirs) > 1 else []
             print("\n".join([*heading, *analysis.summary(args.what, result), f"written: {path}"]))
+    if is_uri(args.run_dir):  # the results go back beside the runs they measure
+        for run_dir in run_dirs:
+            rel = run_dir.relative_to(root).as_posix()
+            remote = join(args.run_dir, rel, "analysis") if rel != "." else join(args.run_dir, "analysis")
+            Mirror(run_dir / "analysis", remote).sync_up()
+        print(f"analysis/ written back to {args.run_dir}", file=sys.stderr)
     return 0
 
 

@@ -16,8 +16,9 @@ from raydt.config import RunConfig, config_from_dict, to_dict
 from raydt.train.checkpoint import LAST
 
 
-def worker_context():
-    """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker."""
+def worker_context(mirror=None):
+    """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker; with a
+    :class:`~raydt.storage.Mirror`, rank 0 uploads the run directory after each checkpoint."""
     import ray
     import ray.train
     import ray.train.torch
@@ -30,6 +31,8 @@ def worker_context():
     def report(step: int, metrics: dict[str, float], checkpoint: Path | None) -> None:
         # Metrics only: the run directory's own checkpoint is what a restarted worker group
         # or a resumed trial continues from, so handing Ray a copy would only double the disk.
+        if checkpoint is not None and mirror is not None:
+            mirror.sync_up()  # the checkpoint and the rows before it reach storage together
         ray.train.report({**metrics, "step": step})
 
     return RunContext(
@@ -47,13 +50,39 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     A run directory that already holds a checkpoint is resumed from it: that is how a
     restarted worker group (Ray's failure handling) or a resumed sweep trial continues.
+    With URI storage (``payload["storage"]``) the run directory is this node's staging copy:
+    storage is the record, so the copy is first made equal to it (a run restarted on
+    another node continues from what its last node uploaded).
     """
+    import ray.train
+
     from raydt.train.loop import Trainer
 
     config = config_from_dict(payload["config"])
-    run_dir = Path(payload["run_dir"])
+    mirror = None
+    if payload.get("storage"):
+        from raydt import storage
+
+        mirror = storage.Mirror(storage.staging_dir(payload["storage"]), payload["storage"])
+        run_dir = mirror.local
+        if not storage.exists(storage.join(mirror.remote, "checkpoints", LAST)):
+            _clear(run_dir)  # a fresh run: nothing from an earlier run at this URI survives
+        else:
+            mirror.sync_down(skip=storage.is_kept_checkpoint)
+    else:
+        run_dir = Path(payload["run_dir"])
     resume = (run_dir / "checkpoints" / LAST).is_file()
-    Trainer(config, run_dir, worker_context()).fit(resume=resume)
+    rank = ray.train.get_context().get_world_rank()
+    Trainer(config, run_dir, worker_context(mirror if rank == 0 else None)).fit(resume=resume)
+    if mirror is not None and rank == 0:
+        mirror.sync_up()  # timing.json, the last rows and events
+
+
+def _clear(folder: Path) -> None:
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
 
 
 def scaling_config(config: RunConfig):
@@ -68,15 +97,19 @@ def scaling_config(config: RunConfig):
     )
 
 
-def make_trainer(config: RunConfig, run_dir: Path, name: str, storage_path: str, callbacks: list | None = None):
-    """A ``TorchTrainer`` running ``config`` into ``run_dir`` (Ray's own files under ``storage_path/name``)."""
+def make_trainer(config: RunConfig, run_dir: Path | str, name: str, storage_path: str, callbacks: list | None = None):
+    """A ``TorchTrainer`` running ``config`` into ``run_dir``, a local directory or a URI
+    (staged on the rank-0 node and uploaded); Ray's own files go under ``storage_path/name``."""
     from ray.train import FailureConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
+    from raydt.storage import is_uri
+
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "run_dir": str(run_dir)},
+        train_loop_config={"config": to_dict(config), "run_dir": None if is_uri(run_dir) else str(run_dir),
+                           "storage": str(run_dir) if is_uri(run_dir) else None},
         scaling_config=scaling_config(config),
         run_config=RayRunConfig(
             name=name,

@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 from ray.tune import Stopper
 
+from raydt import storage
 from raydt.config import RunConfig, build, to_dict
 from raydt.convergence import converged_index
 from raydt.errors import ConfigError, RaydtError
-from raydt.fsutil import atomic_write_text
 from raydt.resources import local_nodes, trial_capacity
 from raydt.tune.spec import SweepSpec
 
@@ -91,7 +91,8 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
 
     The run directory is the trial's folder in the sweep's storage, not Tune's local staging
     folder (``get_trial_dir``, fresh and empty when a restored trial starts): a resumed trial
-    must find its own checkpoint there.
+    must find its own checkpoint there. With URI storage the training workers stage it on
+    their node and upload it (:mod:`raydt.storage`).
     """
     started = time.time()
     from ray import tune
@@ -104,14 +105,12 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
     config = build(RunConfig, raw.values, raw.origins)
     context = tune.get_context()
     name = f"trial_{context.get_trial_id().rsplit('_', 1)[-1]}"  # as _trial_name names its folder
-    trial_dir = Path(sweep_dir) / name if "://" not in sweep_dir else Path(context.get_trial_dir())
-    trainer = make_trainer(
-        config, trial_dir, name="train", storage_path=str(trial_dir), callbacks=[TuneReportCallback()]
-    )
+    run_dir = storage.join(sweep_dir, name)  # a local path or a URI
+    trainer = make_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()])
     trainer.fit()
-    if "://" not in sweep_dir:  # the trial's wall time around its run's own timing.json
-        atomic_write_text(trial_dir / "trial_timing.json",
-                          json.dumps({"started": started, "finished": time.time()}, indent=1))
+    # The trial's wall time around its run's own timing.json.
+    storage.write_text(storage.join(run_dir, "trial_timing.json"),
+                       json.dumps({"started": started, "finished": time.time()}, indent=1))
 
 
 def _trial_name(trial) -> str:
@@ -204,10 +203,10 @@ class SweepOutcome:
 
 def sweep_location(spec: SweepSpec, out: str | None) -> tuple[str, str]:
     """(storage path, sweep directory) as strings; local paths are made absolute."""
-    storage = out or spec.tune.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
-    return storage, f"{storage.rstrip('/')}/{spec.name}"
+    where = out or spec.tune.storage_path
+    if not storage.is_uri(where):
+        where = str(Path(where).expanduser().resolve())
+    return where, storage.join(where, spec.name)
 
 
 def run_sweep(
@@ -219,8 +218,7 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> SweepOutcome | Plan:
     """Run (or with ``dry_run`` only plan) the sweep ``spec``."""
-    storage, sweep_dir = sweep_location(spec, out)
-    local = "://" not in storage
+    storage_path, sweep_dir = sweep_location(spec, out)
     if dry_run and address is None:
         try:
             return plan_sweep(spec, local_nodes())
@@ -230,12 +228,13 @@ def run_sweep(
             return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu),
                         sum(n["CPU"] for n in nodes), sum(n["GPU"] for n in nodes), 0,
                         note=f"cannot run on this machine ({exc}); run it on a cluster with --address")
-    if local and not resume and (Path(sweep_dir) / SWEEP_FILE).exists():
+    sweep_file = storage.join(sweep_dir, SWEEP_FILE)
+    if not resume and storage.exists(sweep_file):
         raise RaydtError(
             f"{sweep_dir} already holds a sweep; finish it with --resume, or choose another "
             "directory with --out or tune.name"
         )
-    if resume and local and not (Path(sweep_dir) / SWEEP_FILE).exists():
+    if resume and not storage.exists(sweep_file):
         raise RaydtError(f"--resume: {sweep_dir} holds no sweep to resume")
     # Datasets are made (or found) once here, before any trial starts.
     from raydt.train.loop import resolve_run_data
@@ -260,18 +259,16 @@ def run_sweep(
         return plan
     for line in plan.lines():
         log(line)
-    if local:
-        Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(sweep_dir) / SWEEP_FILE, yaml.safe_dump({
-            "spec": str(spec.path),
-            "searched_keys": spec.searched_keys,
-            "tune": to_dict(spec.tune),
-            "plan": {"num_trials": plan.num_trials, "concurrency": plan.concurrency},
-        }, sort_keys=False))
-    return _fit(spec, storage, sweep_dir, plan, resume, log)
+    storage.write_text(sweep_file, yaml.safe_dump({
+        "spec": str(spec.path),
+        "searched_keys": spec.searched_keys,
+        "tune": to_dict(spec.tune),
+        "plan": {"num_trials": plan.num_trials, "concurrency": plan.concurrency},
+    }, sort_keys=False))
+    return _fit(spec, storage_path, sweep_dir, plan, resume, log)
 
 
-def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool, log) -> SweepOutcome:
+def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume: bool, log) -> SweepOutcome:
     from ray import tune
 
     base = spec.base_config()
@@ -302,7 +299,7 @@ def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool
             ),
             run_config=tune.RunConfig(
                 name=spec.name,
-                storage_path=storage,
+                storage_path=storage_path,
                 stop=_stopper(spec),
                 verbose=1,
                 # A trial whose own process dies with its node is started again; its run
@@ -312,9 +309,8 @@ def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool
         )
     started = time.time()
     grid = tuner.fit()
-    if "://" not in storage:
-        atomic_write_text(Path(sweep_dir) / "timing.json", json.dumps(
-            {"started": started, "finished": time.time(), "concurrency": plan.concurrency}, indent=1))
+    storage.write_text(storage.join(sweep_dir, "timing.json"), json.dumps(
+        {"started": started, "finished": time.time(), "concurrency": plan.concurrency}, indent=1))
     rows = []
     for result in grid:
         metrics = result.metrics or {}
@@ -326,6 +322,5 @@ def _fit(spec: SweepSpec, storage: str, sweep_dir: str, plan: Plan, resume: bool
             spec.tune.metric: metrics.get(spec.tune.metric),
         })
     rows.sort(key=lambda r: r["trial"])
-    if "://" not in storage:
-        atomic_write_text(Path(sweep_dir) / "trials.json", json.dumps(rows, indent=1))
+    storage.write_text(storage.join(sweep_dir, "trials.json"), json.dumps(rows, indent=1))
     return SweepOutcome(sweep_dir, rows)

@@ -152,7 +152,8 @@ class Mirror:
         for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
             if info.type != pafs.FileType.File:
                 continue
-            rel = info.path[len(root):].lstrip("/")
+            # fsspec filesystems may list paths with a leading "/" the root lacks, or not.
+            rel = info.path.lstrip("/")[len(root.lstrip("/")):].lstrip("/")
             if ".tmp-" in rel.rsplit("/", 1)[-1] or (skip is not None and skip(rel)):
                 continue
             target = self.local / rel

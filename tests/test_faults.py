@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from raydt.logging import read_metrics
+from tests.test_sweep import raydt_sweep, tiny_sweep
 from tests.test_train import tiny_config
 
 pytestmark = pytest.mark.ray
@@ -45,7 +47,7 @@ def wait_for(predicate, timeout: float = 120.0, every: float = 0.05) -> None:
         time.sleep(every)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray():
     ray = pytest.importorskip("ray")
     here = Path(__file__).resolve().parent
@@ -79,3 +81,73 @@ def test_killed_worker_restarts_from_the_last_checkpoint(local_ray, tmp_path):
     assert result["step"] == steps
     assert killed_at <= info["resumed_at_step"] < steps  # a restart from a checkpoint, not from 0
     assert eval_steps(tmp_path) == list(range(every, steps + 1, every))  # each once, none missing
+
+
+def test_lost_node_moves_the_trial_to_the_other_node(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        spec = tiny_sweep(tmp_path, seeds=1, steps=200)
+        proc = raydt_sweep(str(spec), "--address", cluster.address)
+        run_dir = tmp_path / "tiny" / "trial_00000"
+        wait_for(lambda: (run_dir / "metrics.jsonl").exists() and len(eval_steps(run_dir)) >= 3
+                 or proc.poll() is not None, timeout=300, every=0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        first = json.loads((run_dir / "run_info.json").read_text())["ray_node"]
+        lost_at = max(eval_steps(run_dir))
+        cluster.remove_node(next(n for n in nodes if n.node_id == first), allow_graceful=False)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "1 trial(s) TERMINATED, 0 in ERROR" in out
+        info = json.loads((run_dir / "run_info.json").read_text())
+        print(f"removed node {first[:8]} after the evaluation at step {lost_at}; the trial resumed "
+              f"at step {info['resumed_at_step']} on node {info['ray_node'][:8]}")
+        assert info["ray_node"] != first and info["ray_node"] in {n.node_id for n in nodes}
+        assert 0 < info["resumed_at_step"] < 200
+        assert eval_steps(run_dir) == list(range(4, 201, 4))  # tiny_sweep evaluates every 4 steps
+    finally:
+        cluster.shutdown()
+
+
+def test_sweep_on_uri_storage_survives_losing_its_driver(tmp_path, capsys):
+    from raydt.cli import main
+    from raydt.train.checkpoint import load_checkpoint
+
+    # Storage by URI (pyarrow's local filesystem stands in for a bucket); one trial at a time.
+    bucket = tmp_path / "bucket"
+    uri = f"file://{bucket}"
+    spec = tiny_sweep(tmp_path, seeds=2, steps=80, extra="max_concurrent: 1")
+    proc = raydt_sweep(str(spec), "--out", uri, start_new_session=True)
+    first = bucket / "tiny" / "trial_00000"
+    wait_for(lambda: (first / "checkpoints" / "last.pt").exists() and len(eval_steps(first)) >= 3
+             or proc.poll() is not None, timeout=300, every=0.1)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once
+    proc.wait()
+    saved = load_checkpoint(first / "checkpoints" / "last.pt")["step"]
+    assert saved < 80 and not (tmp_path / "tiny").exists()  # nothing went to the working directory
+
+    resumed = raydt_sweep(str(spec), "--resume", "--out", uri)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "2 trial(s) TERMINATED, 0 in ERROR" in out
+    info = json.loads((first / "run_info.json").read_text())
+    print(f"driver killed with trial_00000's checkpoint at step {saved}; resumed at step {info['resumed_at_step']}")
+    assert info["resumed_at_step"] >= saved > 0
+    for name in ("trial_00000", "trial_00001"):
+        assert eval_steps(bucket / "tiny" / name) == list(range(4, 81, 4))
+        assert [r["step"] for r in read_metrics(bucket / "tiny" / name / "metrics.jsonl")][-1] == 80
+    assert (bucket / "tiny" / "trials.json").exists() and (bucket / "tiny" / "trial_00001" / "trial_timing.json").exists()
+
+    # Reports and analyses read the same URI; analyses write their results back there.
+    capsys.readouterr()
+    assert main(["report", f"{uri}/tiny", "--csv"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert len(report) == 2 and report[1].split(",")[report[0].split(",").index("trials")] == "2", report
+    assert main(["analyze", "params", f"{uri}/tiny", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and all(r["post_step"] == 80 for r in rows)
+    assert (first / "analysis" / "params.json").exists()

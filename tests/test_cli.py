@@ -144,8 +144,9 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
             argv += [*(a for item in atari for a in ("--set", item)), "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
         elif argv[0] == "train":
             argv += [*shrink, "--no-ray", "--out", f"{tmp_path}/runs/{Path(argv[1]).stem}"]
+        argv = [a.replace("file:///tmp/raydt-store", f"file://{tmp_path}/store") for a in argv]
         if argv[0] == "sweep" and "--dry-run" not in argv:
-            argv += [*shrink, "--out", f"{tmp_path}/runs"]
+            argv += [*shrink] + ([] if "--out" in argv else ["--out", f"{tmp_path}/runs"])
         if argv[0] == "pretrain":
             argv += ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "corpus.vocab_size=300",
                      "--set", "corpus.block_size=32", "--set", "train.batch_size=4", "--set", "model.n_embd=32"]
@@ -160,6 +161,7 @@ def test_every_raydt_command_in_the_readme_runs(tmp_path):
         if argv[0] == "bench":  # one row per backbone, both converged somewhere
             rows = [line for line in out.splitlines() if line.startswith(("random ", "pretrain:"))]
             assert len(rows) == 2 and all(row.split()[1] == "2" for row in rows), out
+    assert len(list((tmp_path / "store" / "quickstart").glob("trial_*/checkpoints/last.pt"))) == 4  # by URI
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert (tmp_path / "convergence.png").stat().st_size > 10_000
     # `tensorboard --logdir DIR` serves what TensorBoard's own reader finds there.

@@ -74,3 +74,27 @@ def test_gpu_node_types_hold_the_gpu_sweeps_trials():
     assert trial_capacity(ddp, [gpu_types["gpu_4x"]], "ddp") == 1
     with pytest.raises(Exception, match="cluster has 8 CPU and 1 GPU"):
         trial_capacity(ddp, [gpu_types["gpu_1x"]], "ddp")
+
+
+def test_readme_cluster_commands_name_real_files_and_valid_raydt_commands():
+    import shlex
+
+    from raydt.cli import build_parser
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Run on a cluster", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+             for line in block.splitlines()]
+    ray_lines = [line for line in lines if line.startswith("ray ")]
+    assert {line.split()[1] for line in ray_lines} >= {"up", "exec", "attach", "dashboard", "down"}
+    inner = []
+    for line in ray_lines:
+        words = shlex.split(line)
+        assert (REPO / words[2]).is_file(), line  # the cluster file each command names
+        inner += [w for w in words[3:] if w.startswith("raydt ")]
+    inner += re.findall(r"-- (raydt sweep [^`]+)`", section)  # the ray job submit example
+    assert inner
+    for command in inner:
+        argv = shlex.split(command.replace("/home/ray/raydt/", f"{REPO}/"))[1:]
+        args = build_parser().parse_args(argv)  # exits on an unknown option
+        assert Path(args.spec).is_file() and args.address == "auto"

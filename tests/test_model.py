@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,28 @@ def test_sampled_batches_feed_the_model():
     model = tiny_model()
     out = model(*[sampler.sample(8)[i] for i in (1, 2, 0, 3, 4)])
     assert out.shape == (8, 6, 2) and torch.isfinite(out).all()
+
+
+class _Payload:
+    """Not a tensor nor a plain container: unpickling it would run this module's code."""
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "last.pt", {"step": torch.tensor(8)})
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="killed mid-write"):
+        save_checkpoint(path, {"step": torch.tensor(12)})
+    monkeypatch.undo()
+    assert int(load_checkpoint(path)["step"]) == 8  # the old checkpoint, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no partial file left
+
+
+def test_checkpoints_are_read_without_running_pickled_code(tmp_path):
+    torch.save({"step": 1, "payload": _Payload()}, tmp_path / "foreign.pt")
+    with pytest.raises(Exception, match="cannot be read: it holds more than tensors.*Unsupported global"):
+        load_checkpoint(tmp_path / "foreign.pt")

@@ -8,6 +8,7 @@ Only tensors and plain containers go in, so ``torch.load(weights_only=True)`` re
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise RaydtError(f"checkpoint {path} not found; give a run directory or a .pt file it wrote")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = str(exc).split("WeightsUnpickler error:")[-1].strip().split(". ")[0]
+        raise RaydtError(f"checkpoint {path} cannot be read: it holds more than tensors and plain containers "
+                         f"({refused}); raydt loads checkpoints without running pickled code") from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise RaydtError(f"checkpoint {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
 

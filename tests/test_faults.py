@@ -120,6 +120,9 @@ def test_sweep_on_uri_storage_survives_losing_its_driver(tmp_path, capsys):
     bucket = tmp_path / "bucket"
     uri = f"file://{bucket}"
     spec = tiny_sweep(tmp_path, seeds=2, steps=80, extra="max_concurrent: 1")
+    # Two DDP workers per trial: rank 1 reads the checkpoint from storage too.
+    spec.write_text(spec.read_text().replace("resources.cpus_per_worker: 1",
+                                             "resources.cpus_per_worker: 1\nresources.num_workers: 2"))
     proc = raydt_sweep(str(spec), "--out", uri, start_new_session=True)
     first = bucket / "tiny" / "trial_00000"
     wait_for(lambda: (first / "checkpoints" / "last.pt").exists() and len(eval_steps(first)) >= 3
@@ -136,7 +139,7 @@ def test_sweep_on_uri_storage_survives_losing_its_driver(tmp_path, capsys):
     assert "2 trial(s) TERMINATED, 0 in ERROR" in out
     info = json.loads((first / "run_info.json").read_text())
     print(f"driver killed with trial_00000's checkpoint at step {saved}; resumed at step {info['resumed_at_step']}")
-    assert info["resumed_at_step"] >= saved > 0
+    assert info["resumed_at_step"] >= saved > 0 and info["world_size"] == 2
     for name in ("trial_00000", "trial_00001"):
         assert eval_steps(bucket / "tiny" / name) == list(range(4, 81, 4))
         assert [r["step"] for r in read_metrics(bucket / "tiny" / name / "metrics.jsonl")][-1] == 80

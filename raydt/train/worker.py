@@ -59,20 +59,25 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     from raydt.train.loop import Trainer
 
     config = config_from_dict(payload["config"])
+    rank = ray.train.get_context().get_world_rank()
     mirror = None
     if payload.get("storage"):
         from raydt import storage
 
         mirror = storage.Mirror(storage.staging_dir(payload["storage"]), payload["storage"])
         run_dir = mirror.local
-        if not storage.exists(storage.join(mirror.remote, "checkpoints", LAST)):
+        # Storage decides, not whatever an earlier run left in this node's staging folder.
+        resume = storage.exists(storage.join(mirror.remote, "checkpoints", LAST))
+        if resume:
+            # Rank 0 keeps the whole run; the others only read the checkpoint, and must not
+            # replace files rank 0 may already have open.
+            mirror.sync_down(skip=storage.is_kept_checkpoint if rank == 0
+                             else (lambda rel: rel != f"checkpoints/{LAST}"))
+        elif rank == 0:
             _clear(run_dir)  # a fresh run: nothing from an earlier run at this URI survives
-        else:
-            mirror.sync_down(skip=storage.is_kept_checkpoint)
     else:
         run_dir = Path(payload["run_dir"])
-    resume = (run_dir / "checkpoints" / LAST).is_file()
-    rank = ray.train.get_context().get_world_rank()
+        resume = (run_dir / "checkpoints" / LAST).is_file()
     Trainer(config, run_dir, worker_context(mirror if rank == 0 else None)).fit(resume=resume)
     if mirror is not None and rank == 0:
         mirror.sync_up()  # timing.json, the last rows and events

@@ -158,6 +158,7 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
     assert "block0.attn" in out and "block1.output" in out
     cka = json.loads((tmp_path / "analysis" / "cka.json").read_text())
     assert cka["windows"] == 64 and len(cka["layers"]) == 2 * 5
+    assert all((tmp_path / "analysis" / f"{name}.png").stat().st_size > 5_000 for name in ("params", "cka"))
     assert all(0 <= v <= 1 + 1e-9 for layer in cka["layers"].values() for v in layer.values())
     assert main(["analyze", "cka", str(tmp_path), "--pre", "last", "--windows", "32", "--json"]) == 0
     self_cka = json.loads(capsys.readouterr().out)["layers"]

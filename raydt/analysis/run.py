@@ -337,7 +337,8 @@ def summary(what: str, result: dict[str, Any]) -> list[str]:
     ]
 
 
-PLOTS = {"attention": "plot_attention", "mi": "plot_mi", "grads": "plot_grads"}
+PLOTS = {"params": "plot_params", "cka": "plot_cka", "attention": "plot_attention", "mi": "plot_mi",
+         "grads": "plot_grads"}
 """The analyses that draw a figure, and the function that draws it."""
 
 
@@ -357,14 +358,57 @@ def save(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def plot_grads(run_dir: Path, result: dict[str, Any]) -> Path:
-    """Per-sample gradient norms with the clipping threshold (Takagi Fig. 6) and the largest
-    parameter shares of the batch gradient (Fig. 7)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (analyses run on headless nodes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, run_dir: Path, name: str) -> Path:
+    out = Path(run_dir) / "analysis" / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_params(run_dir: Path, result: dict[str, Any]) -> Path:
+    """L2 distance and cosine similarity of every parameter tensor, in model order (Takagi Fig. 3-4)."""
+    plt = _pyplot()
+    names = list(result["parameters"])
+    values = list(result["parameters"].values())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.0 + 0.14 * len(names)), sharey=True)
+    rows = np.arange(len(names))[::-1]
+    left.barh(rows, [v["l2_distance"] for v in values])
+    left.set_xlabel(f"L2 distance, step {result['pre_step']} → {result['post_step']}")
+    right.barh(rows, [v["cosine_similarity"] for v in values])
+    right.set_xlabel("cosine similarity")
+    left.set_yticks(rows, names, fontsize=6)
+    return _save(fig, run_dir, "params")
+
+
+def plot_cka(run_dir: Path, result: dict[str, Any]) -> Path:
+    """CKA of every hooked layer for the R, s and a tokens, as a heat map (Takagi Fig. 1)."""
+    plt = _pyplot()
+    layers = list(result["layers"])
+    grid = np.array([[result["layers"][name][t] for t in TOKENS] for name in layers])  # (layers, 3)
+    fig, ax = plt.subplots(figsize=(4.5, 1.0 + 0.22 * len(layers)))
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(TOKENS)), TOKENS)
+    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    ax.set_title(f"linear CKA, step {result['pre_step']} vs {result['post_step']}", fontsize=9)
+    fig.colorbar(image, ax=ax)
+    return _save(fig, run_dir, "cka")
+
+
+def plot_grads(run_dir: Path, result: dict[str, Any]) -> Path:
+    """Per-sample gradient norms with the clipping threshold (Takagi Fig. 6) and the largest
+    parameter shares of the batch gradient (Fig. 7)."""
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     left.hist(result["per_sample_norms"], bins=30)
     if result["grad_clip"] > 0:
@@ -376,21 +420,13 @@ def plot_grads(run_dir: Path, result: dict[str, Any]) -> Path:
     right.barh([name for name, _ in top][::-1], [v for _, v in top][::-1])
     right.set_xlabel("share of the squared batch-gradient norm")
     right.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    out = Path(run_dir) / "analysis" / "grads.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, "grads")
 
 
 def plot_mi(run_dir: Path, result: dict[str, Any]) -> Path:
     """I(X;T) and I(Y;T) against the token's time step, R/s/a as triangle/circle/cross
     (Takagi Fig. 2), one row per depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     depths = result["blocks"]
     tokens = result["tokens"]
     fig, axes = plt.subplots(len(depths), 2, figsize=(9, 2.8 * len(depths)), squeeze=False)
@@ -405,20 +441,12 @@ def plot_mi(run_dir: Path, result: dict[str, Any]) -> Path:
             ax.set_xlabel("time step in window")
             ax.set_ylabel("nats")
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(run_dir) / "analysis" / "mi.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, "mi")
 
 
 def plot_attention(run_dir: Path, result: dict[str, Any]) -> Path:
     """Attention maps of the first, middle and last blocks at each step (Reid Fig. 2)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     maps = result["_maps"]
     steps = list(maps)
     n_blocks = len(next(iter(maps.values())))
@@ -429,8 +457,4 @@ def plot_attention(run_dir: Path, result: dict[str, Any]) -> Path:
             axes[r][c].imshow(np.asarray(maps[step][block]), cmap="viridis")
             axes[r][c].set_title(f"step {step}, block {block}", fontsize=9)
             axes[r][c].axis("off")
-    fig.tight_layout()
-    out = Path(run_dir) / "analysis" / "attention.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, run_dir, "attention")

@@ -302,9 +302,6 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
                 storage_path=storage_path,
                 stop=_stopper(spec),
                 verbose=1,
-                # A trial whose own process dies with its node is started again; its run
-                # directory's checkpoint makes that a resumption, not a fresh start.
-                failure_config=tune.FailureConfig(max_failures=base.resources.max_failures),
             ),
         )
     started = time.time()

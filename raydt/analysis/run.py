@@ -96,48 +96,41 @@ def params(run_dir: Path, pre: int | str = 0, post: int | str = "last") -> dict[
 
 
 @torch.no_grad()
+def _capture(model, batch, modules: dict[Any, torch.nn.Module], tokens: slice) -> dict[Any, torch.Tensor]:
+    """Run ``model`` on ``batch`` once and return each module's output at ``tokens``:
+    key → (B, len(tokens), h), float32."""
+    captured: dict[Any, torch.Tensor] = {}
+
+    def keep(key):
+        def hook(_module, _inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            captured[key] = out[:, tokens].detach().float()
+        return hook
+
+    hooks = [module.register_forward_hook(keep(key)) for key, module in modules.items()]
+    try:
+        model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
 def block_activations(model, batch) -> dict[str, torch.Tensor]:
     """Outputs of every block's sub-layers (ln_1, attn, ln_2, mlp where present) and of the
     block, at the last time step's R, s and a tokens: name → (B, 3, h)."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = []
-
-    def keep(name):
-        def hook(_module, _inputs, output):
-            out = output[0] if isinstance(output, tuple) else output
-            captured[name] = out[:, -3:].detach().float()  # (B, 3, h): R_K, s_K, a_K
-        return hook
-
+    modules = {}
     for i, block in enumerate(model.backbone.blocks):
         for child in ("ln_1", "attn", "ln_2", "mlp"):
             if hasattr(block, child):
-                hooks.append(getattr(block, child).register_forward_hook(keep(f"block{i}.{child}")))
-        hooks.append(block.register_forward_hook(keep(f"block{i}.output")))
-    try:
-        model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured
+                modules[f"block{i}.{child}"] = getattr(block, child)
+        modules[f"block{i}.output"] = block
+    return _capture(model, batch, modules, slice(-3, None))  # R_K, s_K, a_K
 
 
-@torch.no_grad()
 def block_outputs(model, batch, blocks: list[int]) -> dict[int, torch.Tensor]:
     """Output of each block in ``blocks`` at every token: block → (B, 3K, h)."""
-    captured: dict[int, torch.Tensor] = {}
-
-    def keep(index):
-        def hook(_module, _inputs, output):
-            captured[index] = (output[0] if isinstance(output, tuple) else output).detach().float()
-        return hook
-
-    hooks = [model.backbone.blocks[i].register_forward_hook(keep(i)) for i in blocks]
-    try:
-        model(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured
+    return _capture(model, batch, {i: model.backbone.blocks[i] for i in blocks}, slice(None))
 
 
 def token_inputs(batch) -> torch.Tensor:

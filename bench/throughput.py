@@ -43,8 +43,18 @@ def _sync(device: torch.device) -> None:
 
 def model_flops_per_step(n_params: int, n_layer: int, n_embd: int, tokens: int, seq: int) -> float:
     """Training FLOPs of one step (forward + backward = 3× forward): 6·N per token for the
-    matrix multiplies plus 12·L·T·d per token for attention scores and values (PaLM's count)."""
+    matrix multiplies of N weights plus 12·L·T·d per token for attention scores and values
+    (PaLM's count). N counts matmul weights only (:func:`matmul_parameters`)."""
     return 6.0 * n_params * tokens + 12.0 * n_layer * seq * n_embd * tokens
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """Weights that multiply every token: linear layers (Hugging Face's Conv1D included).
+    Embedding tables (timesteps, GPT-2's unused token and position tables) are lookups and
+    cost no FLOPs; counting them would inflate MFU by up to 50M "parameters" for GPT-2."""
+    from transformers.pytorch_utils import Conv1D
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, Conv1D)))
 
 
 def raydt_trainer(size: str, batch: int, k: int, device: torch.device, threads: int, compile_: bool,
@@ -177,7 +187,7 @@ def main() -> None:
         if device.type == "cuda":
             name = torch.cuda.get_device_name(device)
             peak = next((v for key, v in PEAK_TFLOPS.items() if key in name), None)
-            flops = model_flops_per_step(n_params, hf.n_layer, hf.n_embd, tokens, 3 * k)
+            flops = model_flops_per_step(matmul_parameters(trainer.model), hf.n_layer, hf.n_embd, tokens, 3 * k)
             row["model_tflops_per_second"] = flops / ours["step"] / 1e12
             if peak:
                 row["mfu"] = row["model_tflops_per_second"] / peak

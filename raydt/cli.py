@@ -154,7 +154,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from raydt.tune.run import Plan, run_sweep
 
     outcome = run_sweep(spec, out=args.out, address=args.address, resume=args.resume,
-                        dry_run=args.dry_run, log=_log)
+                        dry_run=args.dry_run, log=_log, cluster_file=args.cluster)
     if isinstance(outcome, Plan):
         print("\n".join([f"sweep {spec.name} ({spec.path})", *filter(None, outcome.lines())]))
         for i, point in enumerate(p for p in spec.grid()[:20] if p):
@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default=None, help="storage path (local folder or s3://...; default tune.storage_path)")
     sweep.add_argument("--address", default=None, help="Ray cluster to join (auto on a cluster head)")
     sweep.add_argument("--dry-run", action="store_true", help="print the trial plan and exit")
+    sweep.add_argument("--cluster", default=None, metavar="CLUSTER.yaml",
+                       help="with --dry-run: plan for this cluster file's node types (e.g. clusters/aws.yaml)")
     sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
     sweep.set_defaults(func=cmd_sweep)
 

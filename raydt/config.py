@@ -162,6 +162,8 @@ class EvalConfig:
     """gymnasium environment id; null takes the one the dataset records."""
     max_steps: int | None = optional_positive()
     """Cap on agent steps per evaluation episode (Atari on a CPU); null: the environment's own limit."""
+    timeout_s: int = positive(6 * 3600)
+    """Longest one evaluation may take: DDP ranks other than 0 wait this long for rank 0 to finish it."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,8 @@ class ResourcesConfig:
     """CPU cores reserved for each worker; also its number of PyTorch threads."""
     max_failures: int = nonnegative(3)
     """Restarts after a worker or node failure, each from the run's last checkpoint, before the run fails."""
+    placement: Literal["auto", "pack", "strict_pack", "spread"] = "auto"
+    """Ray placement of a run's workers: auto = strict_pack (one node) for multi-GPU runs, else pack."""
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,13 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
 
     from raydt.data.text import TextSampler, split_tokens, tokenize_cached
     from raydt.logging import JsonlSink, MultiSink, TensorBoardSink
-    from raydt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from raydt.train.checkpoint import (
+        load_checkpoint,
+        restore_generator,
+        rng_state,
+        save_checkpoint,
+        set_rng_state,
+    )
     from raydt.train.loop import seed_everything
 
     run_dir = Path(run_dir)
@@ -273,14 +279,16 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.optim, cfg.train.steps))
     step, train_seconds = 0, 0.0
     if resume:
-        payload = load_checkpoint(ckpt_path, map_location=device)
+        payload = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict copies to the device
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         step, train_seconds = int(payload["step"]), float(payload["train_seconds"])
-        set_rng_state(payload["rng"])
-        sampler.generator.set_state(payload["sampler_rng"].cpu())
+        notes = set_rng_state(payload["rng"])
+        notes.append(restore_generator(sampler.generator, payload["sampler_rng"], cfg.train.seed + 7919 * step, "text sampler"))
         log(f"resumed from {ckpt_path} at step {step}")
+        for note in filter(None, notes):
+            log(f"note: {note}")
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.resolved.yaml", to_yaml(cfg))

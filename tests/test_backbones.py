@@ -175,3 +175,34 @@ def test_auto_backbone_must_accept_inputs_embeds(tmp_path):
     vision.save_pretrained(tmp_path / "vision")
     with pytest.raises(ConfigError, match="does not accept inputs_embeds"):
         build_backbone((0, 0, 0), str(tmp_path / "vision"), 0.0, "relu", 18)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_every_trainable_parameter_gets_a_gradient_from_trajectories(tmp_path, name):
+    # DDP (find_unused_parameters=False, as without λ2) fails at its second step if any
+    # trainable parameter gets no gradient: CLIP's bypassed position table did.
+    model, _ = build_model(ModelConfig(backbone=str(save_tiny(name, tmp_path))), 5, 2, 6, 100, log=lambda _: None)
+    model(**random_batch(b=2, k=6)).square().sum().backward()
+    idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert idle == []
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_the_prebuilt_4d_mask_gives_hugging_faces_own_outputs(tmp_path, name, implementation):
+    from raydt.model.backbone import attention_mask_4d
+
+    model, _ = build_model(ModelConfig(backbone=str(save_tiny(name, tmp_path)), dropout=0.0), 5, 2, 6, 100,
+                           log=lambda _: None)
+    backbone = model.backbone.eval()
+    backbone.hf.config._attn_implementation = implementation
+    x = torch.randn(3, 12, D)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, :3] = False  # left padding, as the sampler pads
+    mask[2, :7] = False
+    with torch.no_grad():
+        ours = backbone(x, mask)
+        theirs = backbone.hf(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state  # HF builds the mask
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=1e-5)  # every real token
+    assert torch.isfinite(ours).all()  # padded queries see themselves: no empty softmax rows
+    assert attention_mask_4d(mask, torch.float32, "flash_attention_2").shape == (3, 12)

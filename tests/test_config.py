@@ -181,7 +181,7 @@ def test_every_spec_in_the_repo_resolves():
     """Run specs build; sweep specs build and every searched value makes a valid trial."""
     from raydt.tune.spec import load_sweep
 
-    specs = sorted((REPO / "tune_specs").rglob("*.yaml"))
+    specs = sorted([*(REPO / "tune_specs").rglob("*.yaml"), *(REPO / "bench" / "specs").glob("*.yaml")])
     assert specs, "tune_specs/ holds no spec"
     for spec in specs:
         if "search" in (yaml.safe_load(spec.read_text()) or {}):

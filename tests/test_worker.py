@@ -64,5 +64,5 @@ def test_run_that_cannot_fit_fails_at_once(local_ray, tmp_path):
     from raydt.errors import ConfigError
     from raydt.train.worker import run_with_ray
 
-    with pytest.raises(ConfigError, match="one run needs 4 workers × 1 CPU but the cluster has 2 CPU"):
+    with pytest.raises(ConfigError, match="one run needs 4 workers × 1 CPU but the cluster can have 2 CPU"):
         run_with_ray(tiny_config("resources.num_workers=4"), tmp_path)

@@ -9,6 +9,7 @@ one ``randint`` and a gather: no Python loop per sample, and the arrays can live
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -77,6 +78,10 @@ class WindowSampler:
         # Row v: the mask of a window with v real steps, left-padded (K + 1, K).
         self._masks = self._positions[None, :] >= (context_length - torch.arange(context_length + 1, device=self.device))[:, None]
 
+    def rng_state(self) -> torch.Tensor:
+        """The window stream's generator state (what checkpoints keep)."""
+        return self.generator.get_state()
+
     def sample(self, batch_size: int) -> Batch:
         """A batch of windows whose first steps are uniform over all transitions."""
         first = torch.randint(
@@ -111,9 +116,15 @@ class FrameWindowSampler:
     """
 
     def __init__(self, traj, context_length: int, reward_scale: float = 1.0,
-                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, prefetch: bool | None = None) -> None:
         self.traj, self.context_length, self.reward_scale = traj, context_length, reward_scale
         self.device = torch.device(device)
+        # A batch is ~100 MB of frames built on the host: on a GPU, the next one is built
+        # (into pinned memory, copied without blocking) while the device runs this step.
+        self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="raydt-frames") if self.prefetch else None
+        self._ahead: tuple[Future, torch.Tensor, torch.Tensor, int] | None = None
+        """The batch drawn ahead: (its future, generator state before and after its draw, size)."""
         self.num_steps = traj.num_steps
         # States are pixels scaled inside the model; the run's "state statistics" are unused.
         self.state_mean, self.state_std = np.zeros(1, np.float32), np.ones(1, np.float32)
@@ -122,8 +133,31 @@ class FrameWindowSampler:
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, batch_size: int) -> Batch:
-        first = torch.randint(self.num_steps, (batch_size,), generator=self.generator)
-        return self.windows(first)
+        if not self.prefetch:
+            return self.windows(self._draw(batch_size))
+        ahead = self._ahead
+        # A batch drawn ahead is used only if nothing has reset the generator since (a resume).
+        if ahead is None or ahead[3] != batch_size or not torch.equal(ahead[2], self.generator.get_state()):
+            ahead = self._draw_ahead(batch_size)
+        batch = ahead[0].result()
+        self._ahead = self._draw_ahead(batch_size)
+        return batch
+
+    def rng_state(self) -> torch.Tensor:
+        """The generator's state as if no batch had been drawn ahead (what checkpoints keep),
+        so a resumed run draws the same batches whether or not it prefetches."""
+        if self._ahead is not None and torch.equal(self._ahead[2], self.generator.get_state()):
+            return self._ahead[1]
+        return self.generator.get_state()
+
+    def _draw(self, batch_size: int) -> torch.Tensor:
+        return torch.randint(self.num_steps, (batch_size,), generator=self.generator)
+
+    def _draw_ahead(self, batch_size: int) -> tuple[Future, torch.Tensor, torch.Tensor, int]:
+        before = self.generator.get_state()
+        first = self._draw(batch_size)  # drawn here, in order: the stream never depends on timing
+        assert self._pool is not None
+        return self._pool.submit(self.windows, first), before, self.generator.get_state(), batch_size
 
     def windows(self, first: torch.Tensor) -> Batch:
         k, traj = self.context_length, self.traj
@@ -137,6 +171,11 @@ class FrameWindowSampler:
         actions = np.where(mask, traj.actions[index], 0)  # (B, K)
         rtg = np.where(mask, traj.returns_to_go[index] * self.reward_scale, 0.0)[..., None]  # (B, K, 1)
         timesteps = np.where(mask, traj.timesteps[index], 0)  # (B, K)
-        to = lambda x, dtype: torch.as_tensor(x, dtype=dtype).to(self.device, non_blocking=True)  # noqa: E731
+        pin = self.device.type == "cuda"  # page-locked: the copy to the GPU does not block the host
+
+        def to(x, dtype):
+            host = torch.as_tensor(x, dtype=dtype)
+            return (host.pin_memory() if pin else host).to(self.device, non_blocking=True)
+
         return Batch(to(rtg, torch.float32), to(states, torch.uint8), to(actions, torch.int64),
                      to(timesteps, torch.int64), to(mask, torch.bool))

@@ -16,7 +16,8 @@ from raydt.train.checkpoint import load_checkpoint
 
 def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """The model stored in ``checkpoint`` (a file or run directory) and the raw payload."""
-    payload = load_checkpoint(checkpoint, map_location=device)
+    # On the CPU: the payload's statistics feed NumPy; only the model goes to ``device``.
+    payload = load_checkpoint(checkpoint)
     model = rebuild_model(ModelArgs(**payload["model_args"]))
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), payload

@@ -63,6 +63,26 @@ class LoadReport:
         )
 
 
+def attention_mask_4d(mask: torch.Tensor, dtype: torch.dtype, implementation: str | None) -> torch.Tensor:
+    """A (B, T) key mask as the (B, 1, T, T) causal mask the model's attention takes as it is.
+
+    Built here because transformers, given a (B, T) mask, asks the host whether any key is
+    padded (``mask.all()``) on every forward to choose its fast path: a GPU sync per step.
+    Query t sees keys ≤ t that are real; a padded query also sees itself, so no row of the
+    softmax is empty (its output is never used: padded steps are masked out of the loss).
+    Implementations that take no 4-D mask (flash attention) get the (B, T) mask.
+    """
+    if implementation not in ("sdpa", "eager"):
+        return mask.long()
+    t = mask.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()  # (T, T)
+    eye = torch.eye(t, dtype=torch.bool, device=mask.device)  # (T, T)
+    allowed = causal & (mask[:, None, None, :].bool() | eye)  # (B, 1, T, T)
+    if implementation == "sdpa":
+        return allowed  # boolean: True takes part
+    return torch.zeros((), dtype=dtype, device=mask.device).masked_fill(~allowed, torch.finfo(dtype).min)  # additive
+
+
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove the wrappers' prefixes: DDP's ``module.`` and ``torch.compile``'s ``_orig_mod.``."""
     out = {}
@@ -81,6 +101,8 @@ class Backbone(nn.Module):
     """A Hugging Face transformer (``self.hf``) behind raydt's backbone interface."""
 
     kind = "auto"
+    prebuilt_mask = True
+    """Whether the model takes a ready (B, 1, T, T) mask (transformers' masking utilities)."""
 
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
@@ -123,7 +145,9 @@ class Backbone(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """inputs_embeds (B, T, D), attention_mask (B, T) → last hidden states (B, T, D)."""
-        return self.hf(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long()).last_hidden_state
+        implementation = getattr(self.config, "_attn_implementation", None) if self.prebuilt_mask else None
+        mask = attention_mask_4d(attention_mask, inputs_embeds.dtype, implementation)
+        return self.hf(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False).last_hidden_state
 
     def text_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) of text token ids (B, L), the model's positions on."""
@@ -182,6 +206,7 @@ class ImageGPTBackbone(GPT2Backbone):
     """ImageGPT: GPT-2's layout with its own (bias-free) LayerNorm, kept as it is."""
 
     kind = "imagegpt"
+    prebuilt_mask = False  # its attention predates transformers' masking utilities: (B, T) only
 
 
 class CLIPTextBackbone(Backbone):
@@ -199,6 +224,13 @@ class CLIPTextBackbone(Backbone):
 
     def _own_positions(self) -> torch.Tensor | None:
         return self.hf.embeddings.position_embedding.weight
+
+    def switch_off_positions(self, report: LoadReport, n_tokens: int) -> None:
+        # Trajectories bypass the embedding layer, so the table would get no gradient from
+        # them: left trainable, DDP (find_unused_parameters=False) fails at its second step.
+        # Text keeps its pre-trained positions, fixed, as GPT-2's text positions are.
+        self.hf.embeddings.position_embedding.weight.requires_grad_(False)
+        report.disabled.append("hf.embeddings.position_embedding.weight (text only, frozen)")
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         from transformers.masking_utils import create_causal_mask

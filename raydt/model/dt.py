@@ -99,7 +99,10 @@ class DecisionTransformer(nn.Module):
         b, k = timesteps.shape
         timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
         time = self.embed_timestep(timesteps)  # (B, K, h)
-        r = self.embed_return(returns_to_go) + time  # (B, K, h)
+        # Returns-to-go in fp32 even under bf16 autocast: bf16 keeps 8 significant bits, so
+        # Atari's unscaled targets 13990, 14000 and 14025 would all become 14016.
+        with torch.autocast(returns_to_go.device.type, enabled=False):
+            r = self.embed_return(returns_to_go.to(self.embed_return.weight.dtype)) + time  # (B, K, h)
         s = (self.embed_state(states) if state_tokens is None else state_tokens) + time  # (B, K, h)
         a = self.embed_action(actions) + time  # (B, K, h)
         # Interleave per step: (B, K, 3, h) → (B, 3K, h) = R̂_1, s_1, a_1, R̂_2, ...

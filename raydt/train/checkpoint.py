@@ -35,15 +35,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (no arbitrary code runs)."""
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (no arbitrary code runs).
+
+    Always onto the CPU: a checkpoint holds CPU-only state (the CPU RNG state, NumPy's),
+    so reading it onto a GPU would break it; weights and optimizer state reach the device
+    through ``load_state_dict``, which copies into tensors already there.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / LAST if (path / "checkpoints").is_dir() else path / LAST
     if not path.is_file():
         raise RaydtError(f"checkpoint {path} not found; give a run directory or a .pt file it wrote")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = str(exc).split("WeightsUnpickler error:")[-1].strip().split(". ")[0]
         raise RaydtError(f"checkpoint {path} cannot be read: it holds more than tensors and plain containers "
@@ -63,11 +68,43 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: dict[str, Any]) -> list[str]:
+    """Restore the global RNG states, each on its own device, as far as this process's
+    devices allow; returns a note for each state that did not fit (a checkpoint moved
+    between set-ups: saved on 4 GPUs and resumed on 1, or on a GPU and resumed on a CPU)."""
+    notes = []
+    # .cpu(): a checkpoint read onto a GPU (by other tools) holds the CPU state there too.
+    torch.set_rng_state(state["torch"].cpu())
+    saved = list(state.get("cuda") or [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, cuda_state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(cuda_state.cpu(), index)
+    if len(saved) > here:
+        notes.append(f"the checkpoint holds {len(saved)} CUDA RNG states and this process sees {here} "
+                     f"CUDA device(s): restored {min(here, len(saved))}, the others are not used here")
+    elif here > len(saved):
+        notes.append(f"the checkpoint holds {len(saved)} CUDA RNG states and this process sees {here} "
+                     f"CUDA device(s): devices {len(saved)}..{here - 1} keep their seeded state")
     kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), *rest))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    return notes
+
+
+def restore_generator(generator: torch.Generator, state: torch.Tensor, reseed: int, what: str) -> str | None:
+    """Set ``generator`` to a saved state if the state is of its kind, else seed it with
+    ``reseed`` and say so. A CUDA generator's state (16 bytes) and a CPU one's (5056) are
+    not interchangeable: a run resumed on another device type gets a fresh, deterministic
+    stream instead of an error."""
+    state = state.cpu()
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return None
+    generator.manual_seed(reseed)
+    return (f"{what}: the saved generator state is from a {_kind(state)} generator and this one is "
+            f"{generator.device.type}; continuing with a fresh stream seeded {reseed}")
+
+
+def _kind(state: torch.Tensor) -> str:
+    return "CPU" if state.numel() == torch.Generator().get_state().numel() else "CUDA"

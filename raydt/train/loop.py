@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from raydt.train.checkpoint import (
     LAST,
     kept_name,
     load_checkpoint,
+    restore_generator,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -75,6 +77,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def optimizer_options(device_type: str) -> dict[str, Any]:
+    """AdamW's implementation by device: on GPUs the fused kernel (one launch for all
+    parameters); on CPUs PyTorch's default (foreach)."""
+    return {"fused": True} if device_type == "cuda" else {}
+
+
+def use_bf16(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> bool:
+    """Whether ``train.precision`` means bf16 autocast on this device. ``auto``: on GPUs
+    with native bf16 only (compute capability 8.0 and up: A100, A10G, L4, H100); T4 (7.5) and
+    V100 (7.0) emulate it, slower than fp32. ``bf16`` forces it, CPUs included."""
+    if precision == "bf16":
+        return True
+    if precision == "fp32":
+        return False
+    return device_type == "cuda" and capability is not None and capability >= (8, 0)
 
 
 def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
@@ -155,11 +174,14 @@ class Objective(nn.Module):
         tokens, token_mask = self.model.embed(batch.states, batch.actions, batch.returns_to_go,
                                               batch.timesteps, batch.mask)  # (B, 3K, h), (B, 3K)
         pred = self.model.predict(tokens, token_mask)  # (B, K, act)
-        out = {"action": action_loss(pred.float(), batch.actions, batch.mask)}
-        total = out["action"]
-        if self.centers is not None:
-            out["cos"] = cosine_cluster_loss(tokens.float(), self.centers, token_mask, self.variant)
-            total = total + lambda1 * out["cos"]
+        # The losses in fp32 whatever the forward's autocast: autocast would run the cosine
+        # loss's matmuls in bf16 even on fp32 inputs.
+        with torch.autocast(tokens.device.type, enabled=False):
+            out = {"action": action_loss(pred.float(), batch.actions, batch.mask)}
+            total = out["action"]
+            if self.centers is not None:
+                out["cos"] = cosine_cluster_loss(tokens.float(), self.centers.float(), token_mask, self.variant)
+                total = total + lambda1 * out["cos"]
         if text is not None:
             out["lm"] = self.model.backbone.lm_loss(text)
             total = total + lambda2 * out["lm"]
@@ -221,13 +243,13 @@ class Trainer:
         self._build_objectives(quiet)
         self.model.to(ctx.device)
         self.objective.to(ctx.device)
-        self.module = self.objective
-        if ctx.world_size > 1:
-            self.module = nn.parallel.DistributedDataParallel(
-                self.objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                # Once λ2 has decayed to 0 the LM forward is skipped and the token table idles.
-                find_unused_parameters=cfg.loss.lambda2 > 0,
-            )
+        self.module = self._wrap(text_in_use=cfg.loss.lambda2 > 0)
+        # Ranks other than 0 wait for rank 0's evaluation in a collective. On the default
+        # group (NCCL on GPUs) that wait would hit its timeout (30 min) in a long Atari
+        # evaluation; a CPU group whose timeout is the evaluation budget carries it instead.
+        self.wait_group = None
+        if ctx.world_size > 1 and dist.is_initialized():
+            self.wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.eval.timeout_s))
         # Different windows on every rank; the seed stays a function of (seed, rank).
         seed = cfg.train.seed * 1009 + ctx.rank
         self.sampler = (
@@ -237,9 +259,35 @@ class Trainer:
                           device=ctx.device, seed=seed)
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                           **optimizer_options(ctx.device.type))
+        if ctx.device.type == "cuda":
+            # TF32 tensor cores for the fp32 matmuls autocast leaves (10-bit mantissa inputs,
+            # fp32 accumulation): PyTorch's recommended setting for training on Ampere and later.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.optim.warmup_steps))
         self.setup_seconds = time.time() - self._started
+
+    def _wrap(self, text_in_use: bool) -> nn.Module:
+        """The objective as stepped: itself, or under DDP across the run's workers."""
+        if self.ctx.world_size == 1:
+            return self.objective
+        device = self.ctx.device
+        return nn.parallel.DistributedDataParallel(
+            self.objective, device_ids=[device.index] if device.type == "cuda" else None,
+            # While λ2 > 0 the LM forward may be skipped on a step (λ2 decays to 0).
+            find_unused_parameters=text_in_use,
+            # The only buffers are constants (λ1's centres, the text positions): no re-broadcast.
+            broadcast_buffers=False,
+        )
+
+    def _text_done(self) -> None:
+        """λ2 has decayed to 0 for good: the token table leaves training, and DDP is rebuilt
+        without it and without the per-step search for unused parameters."""
+        self.model.backbone.token_embeddings.weight.requires_grad_(False)
+        self.module = self._wrap(text_in_use=False)
+        self.text = None
 
     def _build_objectives(self, log: Callable[[str], None]) -> None:
         """λ1's cluster centres and λ2's text, when the run uses them."""
@@ -310,9 +358,10 @@ class Trainer:
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast of the training forward per ``train.precision`` (losses stay fp32)."""
-        precision = self.config.train.precision
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.ctx.device.type == "cuda")
-        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        device = self.ctx.device
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        enabled = use_bf16(self.config.train.precision, device.type, capability)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @torch.no_grad()
     def text_loss(self) -> float:
@@ -364,7 +413,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "rng": rng_state(),
-            "sampler_rng": self.sampler.generator.get_state(),
+            "sampler_rng": self.sampler.rng_state(),
             "state_mean": torch.from_numpy(self.sampler.state_mean),
             "state_std": torch.from_numpy(self.sampler.state_std),
             "reward_scale": self.config.data.reward_scale,
@@ -379,18 +428,23 @@ class Trainer:
             "text_rng": self.text.generator.get_state() if self.text is not None else None,
         }
 
-    def restore(self, payload: dict[str, Any]) -> None:
+    def restore(self, payload: dict[str, Any]) -> list[str]:
+        """Continue from a checkpoint ``payload`` (read to the CPU by :func:`load_checkpoint`):
+        weights and optimizer state are copied onto this run's device, each RNG state is
+        restored on its own device. Returns notes on state that did not fit this set-up (a
+        checkpoint moved between devices), which the caller logs."""
         self.model.load_state_dict(strip_prefixes(payload["model"]))
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self.optimizer.load_state_dict(payload["optimizer"])  # moves its state to each parameter's device
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step = int(payload["step"])
-        set_rng_state(payload["rng"])
+        notes = set_rng_state(payload["rng"])
         # Each rank continues its own window stream: rank r draws a fresh stream seeded by
         # (seed, rank, step) since only rank 0's generator state is in the checkpoint.
+        fresh = self.config.train.seed * 1009 + self.ctx.rank + 7919 * self.step
         if self.ctx.rank == 0:
-            self.sampler.generator.set_state(payload["sampler_rng"])
+            notes.append(restore_generator(self.sampler.generator, payload["sampler_rng"], fresh, "window sampler"))
         else:
-            self.sampler.generator.manual_seed(self.config.train.seed * 1009 + self.ctx.rank + 7919 * self.step)
+            self.sampler.generator.manual_seed(fresh)
         self.train_seconds = float(payload["perf"]["train_seconds"])
         self.eval_seconds = float(payload["perf"]["eval_seconds"])
         self.best_score = float(payload["best_score"])
@@ -398,7 +452,8 @@ class Trainer:
         if payload.get("cluster_centers") is not None:
             self.objective.centers = payload["cluster_centers"].to(self.ctx.device)
         if self.text is not None and payload.get("text_rng") is not None and self.ctx.rank == 0:
-            self.text.generator.set_state(payload["text_rng"].cpu())
+            notes.append(restore_generator(self.text.generator, payload["text_rng"], fresh + 1, "text sampler"))
+        return [n for n in notes if n]
 
     # ----------------------------------------------------------------------------------
 
@@ -408,11 +463,19 @@ class Trainer:
         lead = ctx.rank == 0
         ckpt_path = self.run_dir / "checkpoints" / LAST
         if resume:
+            if not ckpt_path.is_file() and ctx.rank > 0:
+                raise RaydtError(
+                    f"rank {ctx.rank} cannot read the checkpoint rank 0 resumes from ({ckpt_path} is not on "
+                    "this node): a run whose workers span nodes needs a run directory every node shares "
+                    "(NFS) or URI storage (--out s3://…)"
+                )
             if not ckpt_path.is_file():
                 raise RaydtError(f"--resume: {ckpt_path} not found; run without --resume to start afresh")
-            self.restore(load_checkpoint(ckpt_path, map_location=ctx.device))
+            notes = self.restore(load_checkpoint(ckpt_path))
             if lead:
                 ctx.log(f"resumed from {ckpt_path} at step {self.step}")
+                for note in notes:
+                    ctx.log(f"note: {note}")
         sink: Sink = Sink()
         if lead:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -437,6 +500,8 @@ class Trainer:
                 save_checkpoint(ckpt_path.parent / kept_name(self.step), self.checkpoint_payload())
             while self.step < cfg.train.steps and not stop:
                 lambda1, lambda2 = self.lambdas()
+                if self.text is not None and lambda2 == 0 and cfg.loss.lambda_schedule == "linear":
+                    self._text_done()  # a linear schedule stays at 0
                 step_out = self.train_step(self.sampler.sample(per_rank), lambda1, lambda2)
                 # Accumulate on the device: no host sync until a logging step.
                 for name, value in step_out.items():
@@ -524,12 +589,25 @@ class Trainer:
         return {"step": self.step, **last}
 
     def _agree(self, stop: bool) -> bool:
-        """Rank 0's early-stopping decision, on every rank."""
+        """Rank 0's early-stopping decision, on every rank (the others wait here while rank 0
+        evaluates, on the CPU group sized to the evaluation budget)."""
         if self.ctx.world_size == 1:
             return stop
-        flag = torch.tensor([1.0 if stop else 0.0], device=self.ctx.device)
-        dist.broadcast(flag, src=0)
-        return bool(flag.item())
+        return agree_with_rank0(stop, self.wait_group)
+
+
+def agree_with_rank0(flag: bool, group: Any = None) -> bool:
+    """Rank 0's ``flag`` on every rank of ``group`` (a CPU/gloo group; None: a fresh one), so
+    that all ranks take the same branch (stop early, resume or start afresh)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    own = group is None
+    group = group if group is not None else dist.new_group(backend="gloo")
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64)  # a CPU tensor: gloo
+    dist.broadcast(value, src=0, group=group)
+    if own:
+        dist.destroy_process_group(group)
+    return bool(value.item())
 
 
 def _flat_params(cfg: RunConfig) -> dict[str, Any]:

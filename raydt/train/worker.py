@@ -56,7 +56,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """
     import ray.train
 
-    from raydt.train.loop import Trainer
+    from raydt.train.loop import Trainer, agree_with_rank0
 
     config = config_from_dict(payload["config"])
     rank = ray.train.get_context().get_world_rank()
@@ -77,7 +77,9 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
             _clear(run_dir)  # a fresh run: nothing from an earlier run at this URI survives
     else:
         run_dir = Path(payload["run_dir"])
-        resume = (run_dir / "checkpoints" / LAST).is_file()
+        # One decision, rank 0's: with a run directory local to each node, nodes could
+        # otherwise see different files and start from different states.
+        resume = agree_with_rank0((run_dir / "checkpoints" / LAST).is_file())
     Trainer(config, run_dir, worker_context(mirror if rank == 0 else None)).fit(resume=resume)
     if mirror is not None and rank == 0:
         mirror.sync_up()  # timing.json, the last rows and events
@@ -94,11 +96,14 @@ def scaling_config(config: RunConfig):
     """Ray Train's ``ScalingConfig`` for the ``resources:`` section of a run."""
     from ray.train import ScalingConfig
 
+    from raydt.resources import placement_strategy
+
     res = config.resources
     return ScalingConfig(
         num_workers=res.num_workers,
         use_gpu=res.use_gpu,
         resources_per_worker={"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {}),
+        placement_strategy=placement_strategy(res),
     )
 
 
@@ -135,8 +140,7 @@ def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -
 
     if not ray.is_initialized():
         ray.init(address=address)
-    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-    trial_capacity(config.resources, nodes, "resources")  # fail now rather than wait forever
+    trial_capacity(config.resources, cluster_shape(), "resources")  # fail now rather than wait forever
     run_dir = run_dir.resolve()
     make_trainer(config, run_dir, "ray_train", str(run_dir)).fit()
     # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
@@ -144,3 +148,79 @@ def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     return {k: v for row in rows for k, v in row.items()}  # the latest value of every metric
+
+
+# --------------------------------------------------------------------------------------
+# The cluster this process is connected to, as what it can become
+
+
+def cluster_shape():
+    """The :class:`~raydt.resources.ClusterShape` of the connected Ray cluster.
+
+    In order: the cluster config the deployment reported to Ray's GCS (KubeRay does); the
+    config file of this cluster's autoscaler (the ``--autoscaling-config`` of the monitor
+    process serving this GCS, which is ``~/ray_bootstrap_config.yaml`` on a ``ray up`` head);
+    ``~/ray_bootstrap_config.yaml`` itself; else the nodes alive now (a fixed cluster).
+    """
+    import ray
+
+    from raydt.resources import (
+        shape_from_autoscaler_config,
+        shape_from_cluster_config_proto,
+        shape_from_nodes,
+    )
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    try:
+        import ray._private.state
+
+        proto = ray._private.state.state.get_cluster_config()
+    except Exception:  # a private API: its absence only means "not reported"
+        proto = None
+    if proto is not None and len(proto.node_group_configs):
+        return shape_from_cluster_config_proto(proto, "the cluster config in Ray's GCS")
+    path = autoscaler_config_path(ray.get_runtime_context().gcs_address)
+    if path is not None:
+        import yaml
+
+        config = yaml.safe_load(path.read_text())
+        return shape_from_autoscaler_config(config, f"the autoscaler config {path}", _alive_by_type(config, nodes))
+    return shape_from_nodes(nodes)
+
+
+def autoscaler_config_path(gcs_address: str) -> Path | None:
+    """The config file of the autoscaler serving ``gcs_address``, when it runs on this
+    machine (the head, where the sweep driver runs), or ``ray up``'s bootstrap copy."""
+    port = gcs_address.rsplit(":", 1)[-1]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        if not any(a.endswith("autoscaler/_private/monitor.py") or a.endswith("autoscaler/v2/monitor.py") for a in args):
+            continue
+        opts = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        if opts.get("gcs-address", "").rsplit(":", 1)[-1] == port and opts.get("autoscaling-config"):
+            path = Path(opts["autoscaling-config"]).expanduser()
+            if path.is_file():
+                return path
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    return bootstrap if bootstrap.is_file() else None
+
+
+def _alive_by_type(config: dict[str, Any], nodes: list[dict[str, float]]) -> dict[str, int]:
+    """Alive nodes counted per node type, matched by their CPU and GPU counts (the head by
+    Ray's head marker)."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    counts: dict[str, int] = {}
+    for node in nodes:
+        if "node:__internal_head__" in node and head in types:
+            name = head
+        else:
+            name = next((n for n, t in types.items() if n != head
+                         and float((t.get("resources") or {}).get("CPU", 0)) == node.get("CPU", 0)
+                         and float((t.get("resources") or {}).get("GPU", 0)) == node.get("GPU", 0)), None)
+        if name is not None:
+            counts[name] = counts.get(name, 0) + 1
+    return counts

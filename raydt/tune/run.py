@@ -24,7 +24,14 @@ from raydt import storage
 from raydt.config import RunConfig, build, to_dict
 from raydt.convergence import converged_index
 from raydt.errors import ConfigError, RaydtError
-from raydt.resources import local_nodes, trial_capacity
+from raydt.resources import (
+    Capacity,
+    ClusterShape,
+    load_cluster_file,
+    local_shape,
+    shape_from_nodes,
+    trial_capacity,
+)
 from raydt.tune.spec import SweepSpec
 
 SWEEP_FILE = "sweep.yaml"
@@ -39,9 +46,11 @@ class Plan:
     workers_per_trial: int
     cpus_per_worker: int
     gpus_per_worker: int
-    cluster_cpus: float
-    cluster_gpus: float
+    cluster: ClusterShape
+    """The cluster as it is or can become (the autoscaler's node types where there is one)."""
     concurrency: int
+    capacity: Capacity | None = None
+    """Which node types hold the trials, and how many nodes of each at most."""
     note: str = ""
     """Why the cluster the plan was made for cannot run the sweep (dry runs only)."""
 
@@ -49,37 +58,41 @@ class Plan:
         trial = f"{self.workers_per_trial} worker(s) × {self.cpus_per_worker} CPU"
         if self.gpus_per_worker:
             trial += f" + {self.gpus_per_worker} GPU"
-        return [
+        if self.capacity is not None and self.workers_per_trial > 1:
+            trial += f", placement {self.capacity.placement}"
+        kind = "autoscaling, " if self.cluster.autoscaling else ""
+        cap = f"; at most {self.cluster.max_worker_nodes} worker node(s) in all" if self.cluster.max_worker_nodes is not None else ""
+        out = [
             f"trials:        {self.num_trials}",
             f"per trial:     {trial}",
-            f"cluster:       {self.cluster_cpus:g} CPU, {self.cluster_gpus:g} GPU",
-            f"concurrency:   {self.concurrency} trial(s) at a time",
+            f"cluster:       {kind}node types from {self.cluster.source}{cap}",
+            *(f"  {t.describe()}" for t in self.cluster.types),
+        ]
+        if self.capacity is not None:
+            out += ["node types the trials use:", *(f"  {line}" for line in self.capacity.lines())]
+        out += [
+            f"concurrency:   {self.concurrency} trial(s) at a time"
+            + (" (the autoscaler launches nodes as trials wait for them)" if self.cluster.autoscaling and self.concurrency else ""),
             f"waves:         {math.ceil(self.num_trials / max(self.concurrency, 1))}" if self.concurrency else "",
             f"note:          {self.note}" if self.note else "",
         ]
+        return out
 
 
-def plan_sweep(spec: SweepSpec, nodes: list[dict[str, float]]) -> Plan:
-    """Check that a trial fits the cluster described by ``nodes`` (each a resources dict)
-    and work out how many trials can run at once."""
+def plan_sweep(spec: SweepSpec, cluster: ClusterShape | list[dict[str, float]]) -> Plan:
+    """Check that a trial fits the cluster (a :class:`ClusterShape`, or a list of node
+    resource dicts for a fixed cluster) and work out how many trials can run at once."""
+    shape = cluster if isinstance(cluster, ClusterShape) else shape_from_nodes(cluster)
     configs = [spec.trial_config(point) for point in spec.grid()] or [spec.base_config()]
     resources = {c.resources for c in configs}
     if len(resources) > 1:
         raise ConfigError(f"{spec.path}: all trials of a sweep must ask for the same resources; found {sorted(map(str, resources))}")
     res = resources.pop()
-    concurrency = min(trial_capacity(res, nodes, str(spec.path)), spec.num_trials)
+    capacity = trial_capacity(res, shape, str(spec.path))
+    concurrency = min(capacity.trials, spec.num_trials)
     if spec.tune.max_concurrent:
         concurrency = min(concurrency, spec.tune.max_concurrent)
-    return Plan(
-        spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu),
-        sum(n.get("CPU", 0) for n in nodes), sum(n.get("GPU", 0) for n in nodes), concurrency,
-    )
-
-
-def ray_nodes() -> list[dict[str, float]]:
-    import ray
-
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu), shape, concurrency, capacity)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,26 +229,45 @@ def run_sweep(
     resume: bool = False,
     dry_run: bool = False,
     log: Callable[[str], None] = print,
+    cluster_file: str | None = None,
 ) -> SweepOutcome | Plan:
-    """Run (or with ``dry_run`` only plan) the sweep ``spec``."""
+    """Run (or with ``dry_run`` only plan) the sweep ``spec``; ``cluster_file`` (a cluster
+    YAML) plans it for that cluster instead of this machine or the one at ``address``."""
     storage_path, sweep_dir = sweep_location(spec, out)
+    if cluster_file is not None and not dry_run:
+        raise ConfigError("--cluster plans a sweep for a cluster file; use it with --dry-run "
+                          "(a sweep itself runs on the cluster it joins with --address)")
     if dry_run and address is None:
+        shape = load_cluster_file(cluster_file) if cluster_file is not None else local_shape()
         try:
-            return plan_sweep(spec, local_nodes())
+            return plan_sweep(spec, shape)
         except ConfigError as exc:  # a cluster spec planned on a laptop: say so, still plan
+            if cluster_file is not None:
+                raise
             res = spec.base_config().resources
-            nodes = local_nodes()
-            return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu),
-                        sum(n["CPU"] for n in nodes), sum(n["GPU"] for n in nodes), 0,
-                        note=f"cannot run on this machine ({exc}); run it on a cluster with --address")
+            return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu), shape, 0,
+                        note=f"cannot run on this machine ({exc}); run it on a cluster with --address, "
+                             "or plan it for a cluster file with --cluster clusters/aws.yaml")
     sweep_file = storage.join(sweep_dir, SWEEP_FILE)
-    if not resume and storage.exists(sweep_file):
-        raise RaydtError(
-            f"{sweep_dir} already holds a sweep; finish it with --resume, or choose another "
-            "directory with --out or tune.name"
-        )
-    if resume and not storage.exists(sweep_file):
-        raise RaydtError(f"--resume: {sweep_dir} holds no sweep to resume")
+    if not dry_run:
+        if not resume and storage.exists(sweep_file):
+            raise RaydtError(
+                f"{sweep_dir} already holds a sweep; finish it with --resume, or choose another "
+                "directory with --out or tune.name"
+            )
+        if resume and not storage.exists(sweep_file):
+            raise RaydtError(f"--resume: {sweep_dir} holds no sweep to resume")
+    import ray
+
+    from raydt.train.worker import cluster_shape
+
+    if not ray.is_initialized():
+        ray.init(address=address)
+    # What the cluster can become, not only the nodes up now: on an autoscaling cluster the
+    # trials' pending placement groups are what make the autoscaler launch their nodes.
+    plan = plan_sweep(spec, cluster_shape())
+    if dry_run:
+        return plan
     # Datasets are made (or found) once here, before any trial starts.
     from raydt.train.loop import resolve_run_data
 
@@ -249,14 +281,6 @@ def run_sweep(
     for model in sorted(models, key=repr):
         if model.backbone.startswith(PRETRAIN_SCHEME):
             resolve_backbone(model.backbone, model, log=log)
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address)
-    plan = plan_sweep(spec, ray_nodes())
-    if dry_run:
-        return plan
     for line in plan.lines():
         log(line)
     storage.write_text(sweep_file, yaml.safe_dump({

@@ -12,8 +12,10 @@ from raydt.errors import DataError
 
 def test_gamer_normalized_scores():
     pong = GAMES["pong"]
-    np.testing.assert_allclose(pong.normalized_score([-20.7, 14.6, -3.05]), [0.0, 100.0, 50.0])
-    assert GAMES["breakout"].normalized_score(30.5) == pytest.approx(100.0)
+    np.testing.assert_allclose(pong.normalized_score([-21.0, 15.0, -3.0]), [0.0, 100.0, 50.0])
+    # DT's Table 1: Breakout raw 76.9 is 267.5 gamer-normalized (Hafner's rounded 2 / 30).
+    assert GAMES["breakout"].normalized_score(76.9) == pytest.approx(100 * 74.9 / 28)
+    assert round(float(GAMES["breakout"].normalized_score(76.9)), 1) == 267.5
     assert game_from_env_id("ALE/Qbert-v5") is GAMES["qbert"] and game_from_env_id("Hopper-v4") is None
 
 
@@ -89,3 +91,24 @@ def test_atari_run_trains_evaluates_and_reloads(tmp_path):
     assert out["eval/normalized_score"] == pytest.approx(100 * (out["eval/return_mean"] + 20.7) / 35.3)
     again = evaluate_checkpoint(tmp_path, episodes=1, targets=[5.0], log=lambda _: None)
     assert "eval/rtg5/normalized_score" in again
+
+
+def test_prefetched_frame_batches_are_the_same_batches_and_resume_the_same():
+    import torch
+
+    from raydt.data.sampler import FrameWindowSampler
+
+    data = read_dqn_replay(generated_atari_dir(parse_atari("atari-pong?steps=600&seed=1"), log=lambda _: None).parent,
+                           num_steps=10**6, log=lambda _: None)
+    plain = FrameWindowSampler(data, context_length=4, seed=3, prefetch=False)
+    ahead = FrameWindowSampler(data, context_length=4, seed=3, prefetch=True)  # what a GPU run does
+    for _ in range(3):
+        a, b = plain.sample(6), ahead.sample(6)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # A checkpoint keeps the state before the batch drawn ahead: resumed, both continue alike.
+    assert torch.equal(ahead.rng_state(), plain.rng_state())
+    resumed = FrameWindowSampler(data, context_length=4, seed=99, prefetch=True)
+    resumed.sample(6)  # draws one ahead with the old stream...
+    resumed.generator.set_state(ahead.rng_state())  # ...which a restore discards
+    a, b = plain.sample(6), resumed.sample(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

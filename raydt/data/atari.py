@@ -51,11 +51,14 @@ class AtariGame:
         return 100.0 * (np.asarray(returns, dtype=np.float64) - self.random_score) / (self.gamer_score - self.random_score)
 
 
+# Random and gamer scores as DT's Table 1 (and so Reid et al.'s Table 1) normalises them:
+# Hafner et al.'s rounded values. DT's Breakout raw 76.9 is exactly 267.5 with these; the
+# unrounded DQN-Zoo values (1.7/30.5, -20.7/14.6, 163.9/13455.0, 68.4/42054.7) give 261.1.
 GAMES = {
-    "breakout": AtariGame("Breakout", 1.7, 30.5, 90.0, 4),
-    "pong": AtariGame("Pong", -20.7, 14.6, 20.0, 6),
-    "qbert": AtariGame("Qbert", 163.9, 13455.0, 14000.0, 6),
-    "seaquest": AtariGame("Seaquest", 68.4, 42054.7, 1150.0, 18),
+    "breakout": AtariGame("Breakout", 2.0, 30.0, 90.0, 4),
+    "pong": AtariGame("Pong", -21.0, 15.0, 20.0, 6),
+    "qbert": AtariGame("Qbert", 164.0, 13455.0, 14000.0, 6),
+    "seaquest": AtariGame("Seaquest", 68.0, 42055.0, 1150.0, 18),
 }
 
 

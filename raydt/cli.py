@@ -222,12 +222,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         elif args.what == "cka":
             result = analysis.cka(run_dir, pre, post, windows=windows)
         elif args.what == "attention":
-            result = analysis.attention(run_dir, [pre, post], windows=windows)
+            result = analysis.attention(run_dir, [pre, post], windows=windows, definition=args.definition)
         elif args.what == "mi":
             result = analysis.mi(run_dir, step, windows=windows, steps=args.mine_steps,
-                                 log=lambda msg: print(msg, file=sys.stderr))
+                                 log=lambda msg: print(msg, file=sys.stderr), representation=args.representation)
         else:
-            result = analysis.grads(run_dir, step, windows=windows)
+            result = analysis.grads(run_dir, step, windows=windows, protocol=args.protocol)
         path = analysis.save(run_dir, args.what, result)
         if args.what in analysis.PLOTS:
             getattr(analysis, analysis.PLOTS[args.what])(run_dir, result)
@@ -371,6 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fixed windows of the run's data to measure on (default: cka 512, attention 64, "
                               "mi 4096, grads 64)")
     analyze.add_argument("--mine-steps", type=int, default=1000, help="training steps of each MINE estimate")
+    analyze.add_argument("--protocol", choices=("raydt", "takagi"), default="raydt",
+                         help="grads: raydt's (every trained parameter, eval mode, before and after clipping) "
+                              "or Takagi's code's (train mode, clipped, transformer blocks only; use with "
+                              "--windows 50 --step 2500)")
+    analyze.add_argument("--definition", choices=("paper", "takagi_code"), default="paper",
+                         help="attention: the paper's (ViT) attention distance, or the one Takagi's released "
+                              "code computes (one head, no causal mask before the softmax)")
+    analyze.add_argument("--representation", choices=("mlp", "residual"), default="mlp",
+                         help="mi: T_l is the MLP branch's output before the residual add (Takagi's code, "
+                              "default) or the block's output (the residual stream)")
     analyze.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     analyze.set_defaults(func=cmd_analyze)
     return parser

@@ -98,11 +98,19 @@ class ModelConfig:
     backbone: str = "random"
     """'random' (fresh GPT-2 of this size); a hub id or directory (GPT-2, CLIP, ImageGPT, any HF causal LM); or pretrain:SPEC.yaml (raydt pre-trains a GPT-2 of this size once, cached)."""
     dropout: float = checked(0.2, lambda v: 0 <= v < 1, "a number in [0, 1)")
-    """Dropout on embeddings, attention and residuals (Reid Table 7: 0.2)."""
+    """Residual dropout, and attention and embedding dropout unless set below (Reid Table 7: 0.2)."""
+    attn_dropout: float | None = checked(None, lambda v: v is None or 0 <= v < 1, "null or a number in [0, 1)")
+    """Attention-weight dropout; null takes model.dropout (Reid's code: 0.1, hard-coded)."""
+    embd_dropout: float | None = checked(None, lambda v: v is None or 0 <= v < 1, "null or a number in [0, 1)")
+    """Dropout on the backbone's input embeddings; null takes model.dropout (Reid's code: GPT-2's 0.1)."""
+    ln_order: Literal["ln_then_time", "time_then_ln"] = "time_then_ln"
+    """time_then_ln: LN(token + timestep) as the original DT; ln_then_time: LN(token) + timestep as Reid's code."""
+    action_head: Literal["linear", "tied"] = "linear"
+    """linear: tanh(Linear(h)) as the original DT; tied: tanh(h·W_action) with the action embedding's weight, no bias (Reid's run.sh)."""
     activation: Literal["relu", "gelu_new"] = "relu"
     """MLP activation of a randomly initialised backbone (Reid Table 7: ReLU)."""
     positions: Literal["timestep", "pretrained", "random"] = "timestep"
-    """Timestep table: DT's own learned one, the LM's position table reused (Reid), or that shape re-initialised (Table 6)."""
+    """Timestep table: timestep = a fresh nn.Embedding, N(0, 1) (DT; Reid's code without --extend_positions); pretrained = the LM's position table (Reid's extension past its end); random = the LM table's shape at N(0, 0.02)."""
     freeze: Literal["none", "backbone", "backbone_except_layernorm"] = "none"
     """Backbone parameters left out of training (Reid Table 5); embeddings, timesteps and heads always train."""
     replace_block: int | None = checked(None, lambda v: v is None or v >= 0, "null or a block index >= 0")
@@ -123,7 +131,9 @@ class OptimConfig:
     weight_decay: float = nonnegative(1e-4)
     """AdamW weight decay (released code: 1e-4)."""
     warmup_steps: int = nonnegative(5000)
-    """Steps of linear learning-rate warm-up from 0 (Reid Table 7: 5000)."""
+    """Steps of linear learning-rate warm-up from 0 (Reid Table 7: 5000; released code: 10000)."""
+    eps: float = positive(1e-8)
+    """AdamW epsilon (PyTorch's 1e-8; Reid's released code: 1e-6)."""
     grad_clip: float = nonnegative(0.25)
     """Maximum global gradient norm; 0 disables clipping (released code: 0.25)."""
 
@@ -174,8 +184,8 @@ class LossConfig:
     """λ1: weight of the cosine similarity of input embeddings to language-embedding clusters."""
     lambda2: float = nonnegative(0.0)
     """λ2: weight of the language-modelling co-training loss."""
-    cosine_variant: Literal["paper", "as_coded"] = "paper"
-    """L_cos as in the paper (cosine of whole vectors) or as the released code computes it (per-coordinate max)."""
+    cosine_variant: Literal["paper", "as_coded", "as_coded_cotraining"] = "paper"
+    """L_cos: paper = max cosine of whole vectors over real tokens; as_coded = Reid's main trainer (per-coordinate max on unit vectors, padding included, LN(token) without time); as_coded_cotraining = its LM co-training trainer (the same on raw vectors)."""
     kmeans_clusters: int = positive(1000)
     """C: k-means clusters of the backbone's token embeddings that L_cos compares against (released code: 1000)."""
     lambda_schedule: Literal["linear", "sigmoid", "constant"] = "linear"

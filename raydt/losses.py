@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-CosineVariant = Literal["paper", "as_coded"]
+CosineVariant = Literal["paper", "as_coded", "as_coded_cotraining"]
 Schedule = Literal["linear", "sigmoid", "constant"]
 
 
@@ -51,12 +51,14 @@ def cosine_cluster_loss(
     ``paper`` is Reid et al. Eq. 7 with the mean over tokens in place of the sum (so λ1 does
     not scale with B·T): one (B·T, C) similarity matrix, never a (B, T, C, D) tensor.
 
-    ``as_coded`` is what the released code computes: for every token and every coordinate
-    d, the maximum over centres of inputs[d]·centers[j, d], on the raw (not normalised)
-    vectors, averaged over tokens and coordinates. The maximum of a product with a fixed
-    factor is attained at the largest centre coordinate when the factor is positive and at
-    the smallest when it is negative, so it takes O(B·T·D) memory instead of the code's
-    O(B·T·C·D).
+    ``as_coded`` is what Reid's released main trainer computes (``kmeans_cosine_max_loss``
+    on ``F.normalize``'d centres and inputs): for every token and every coordinate d, the
+    maximum over centres of x̂[d]·ĉ_j[d] on unit vectors, averaged over tokens and
+    coordinates. ``as_coded_cotraining`` is the same on the raw vectors (the released LM
+    co-training trainer). The maximum of a product with a fixed factor is attained at the
+    largest centre coordinate when the factor is positive and at the smallest when it is
+    negative, so both take O(B·T·D) memory instead of the code's O(B·T·C·D). The released
+    code averages over every token, padding included: callers pass ``mask=None`` for that.
     """
     if inputs.dim() != 3 or centers.dim() != 2 or inputs.shape[-1] != centers.shape[-1]:
         raise ValueError(
@@ -68,13 +70,16 @@ def cosine_cluster_loss(
         x = F.normalize(inputs, dim=-1)  # (B, T, D)
         c = F.normalize(centers, dim=-1)  # (C, D)
         best = (x @ c.T).amax(dim=-1)  # (B, T, C) → (B, T)
-    elif variant == "as_coded":
+    elif variant in ("as_coded", "as_coded_cotraining"):
+        if variant == "as_coded":
+            inputs, centers = F.normalize(inputs, dim=-1), F.normalize(centers, dim=-1)
         hi = centers.amax(dim=0)  # (D,)
         lo = centers.amin(dim=0)  # (D,)
         per_coord = torch.where(inputs >= 0, inputs * hi, inputs * lo)  # (B, T, D)
         best = per_coord.mean(dim=-1)  # (B, T)
     else:
-        raise ValueError(f"cosine_cluster_loss: unknown variant {variant!r}; use 'paper' or 'as_coded'")
+        raise ValueError(f"cosine_cluster_loss: unknown variant {variant!r}; use 'paper', 'as_coded' or "
+                         "'as_coded_cotraining'")
     return -_masked_mean(best, mask)
 
 

@@ -54,8 +54,8 @@ class CorpusConfig:
     """auto (GPT-2's if it can be loaded, else bpe), bpe (byte-level BPE trained on the text), or a hub id / directory."""
     vocab_size: int = positive(50257)
     """Vocabulary of a trained BPE (GPT-2's size by default; small corpora stop earlier)."""
-    block_size: int = positive(512)
-    """Tokens per training sequence; also the size of the model's position table."""
+    block_size: int = positive(1024)
+    """Tokens per training sequence; also the size of the model's position table (GPT-2's 1024)."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,8 @@ class PretrainTrainConfig:
 
     steps: int = positive(80_000)
     """Optimizer steps (ChibiT: 80k)."""
-    batch_size: int = positive(128)
-    """Sequences per step (128 × 512 = 65,536 tokens, ChibiT's batch)."""
+    batch_size: int = positive(64)
+    """Sequences per step (64 × 1024 = 65,536 tokens, ChibiT's batch)."""
     eval_every: int = positive(1000)
     """Steps between held-out evaluations (and saves of model/)."""
     log_every: int = positive(100)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,36 @@ def test_linear_cka_known_values():
     assert linear_cka(a, b) == pytest.approx(float(expected), rel=1e-6)
     with pytest.raises(ValueError, match="same n"):
         linear_cka(a, b[:10])
+
+
+def unbiased_centred_gram(gram):
+    """Kornblith et al.'s unbiased centring of a Gram matrix (n, n), written independently of
+    raydt's HSIC sum: the diagonal zeroed, row/column means corrected for n − 2 and n − 1."""
+    n = gram.shape[0]
+    g = gram.clone()
+    g.fill_diagonal_(0)
+    means = g.sum(dim=0) / (n - 2)
+    means = means - means.sum() / (2 * (n - 1))
+    g = g - means[:, None] - means[None, :]
+    g.fill_diagonal_(0)
+    return g
+
+
+def test_debiased_cka_has_no_width_floor():
+    g = torch.Generator().manual_seed(0)
+    n = 512
+    x, y = torch.randn(n, 768, generator=g, dtype=torch.float64), torch.randn(n, 768, generator=g, dtype=torch.float64)
+    assert linear_cka(x, y) > 0.5  # the biased estimator's floor at this width
+    assert abs(linear_cka(x, y, debiased=True)) < 0.02
+    assert abs(linear_cka(x[:, :128], y[:, :128], debiased=True)) < 0.02
+    q, _ = torch.linalg.qr(torch.randn(768, 768, generator=g, dtype=torch.float64))
+    assert linear_cka(x, 2.0 * x @ q, debiased=True) == pytest.approx(1.0)  # rotated, scaled copy
+    # Against Kornblith's unbiased-centring route on a small case.
+    a, b = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(40, 9, generator=g, dtype=torch.float64)
+    b = b + 0.5 * a @ torch.randn(6, 9, generator=g, dtype=torch.float64)
+    ka, kb = unbiased_centred_gram(a @ a.T), unbiased_centred_gram(b @ b.T)
+    expected = (ka * kb).sum() / ((ka * ka).sum() * (kb * kb).sum()).sqrt()
+    assert linear_cka(a, b, debiased=True) == pytest.approx(float(expected), rel=1e-9)
 
 
 def test_attention_distance_known_values():
@@ -155,11 +186,13 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
 
     assert main(["analyze", "cka", str(tmp_path), "--windows", "64"]) == 0
     out = capsys.readouterr().out
-    assert "block0.attn" in out and "block1.output" in out
+    assert "block0.attn.c_attn" in out and "block1.mlp.dropout" in out and "block1.output" in out
     cka = json.loads((tmp_path / "analysis" / "cka.json").read_text())
-    assert cka["windows"] == 64 and len(cka["layers"]) == 2 * 5
+    # Takagi's nine sub-layers per GPT-2 block, and the block's output
+    assert cka["windows"] == 64 and len(cka["layers"]) == 2 * 10 and cka["estimator"] == "debiased"
     assert all((tmp_path / "analysis" / f"{name}.png").stat().st_size > 5_000 for name in ("params", "cka"))
-    assert all(0 <= v <= 1 + 1e-9 for layer in cka["layers"].values() for v in layer.values())
+    assert all(0 <= v <= 1 + 1e-9 for layer in cka["layers_biased"].values() for v in layer.values())
+    assert all(-0.5 <= v <= 1 + 1e-9 for layer in cka["layers"].values() for v in layer.values())
     assert main(["analyze", "cka", str(tmp_path), "--pre", "last", "--windows", "32", "--json"]) == 0
     self_cka = json.loads(capsys.readouterr().out)["layers"]
     assert all(v == pytest.approx(1.0) for layer in self_cka.values() for v in layer.values())
@@ -170,6 +203,9 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
     assert att["gap_to_first"]["0"] == [0.0, 0.0]
     assert all(0 < d < 3 * 5 for d in att["distance"]["12"])
     assert (tmp_path / "analysis" / "attention.png").stat().st_size > 5_000
+    assert main(["analyze", "attention", str(tmp_path), "--windows", "8", "--definition", "takagi_code", "--json"]) == 0
+    code = json.loads(capsys.readouterr().out)
+    assert code["definition"] == "takagi_code" and len(code["distance"]["12"]) == 2
 
     assert main(["analyze", "cka", str(tmp_path), "--pre", "4"]) == 2
     assert "kept steps [0, 8] and 'last'" in capsys.readouterr().err
@@ -188,7 +224,7 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
     mi = json.loads((tmp_path / "analysis" / "mi.json").read_text())
     k = 5  # tiny_config's context length
     assert mi["step"] == 12 and mi["tokens"][:4] == ["R0", "s0", "a0", "R1"] and mi["tokens"][-1] == f"s{k - 1}"
-    assert set(mi["blocks"]) == {"shallow", "middle", "deep"}
+    assert set(mi["blocks"]) == {"shallow", "middle", "deep"} and mi["representation"] == "mlp"  # Takagi's T_l
     assert [v["block"] for v in mi["blocks"].values()] == [0, 1, 1]
     assert all(len(v["I_XT"]) == len(v["I_YT"]) == 3 * k - 1 for v in mi["blocks"].values())
     assert (tmp_path / "analysis" / "mi.png").stat().st_size > 5_000
@@ -212,3 +248,74 @@ def test_analyze_a_folder_of_runs_checks_every_run_first(tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["run"].split("/")[-1] for r in rows] == ["a", "b"]
     assert all((tmp_path / "sweep" / n / "analysis" / "params.json").exists() for n in "ab")
+
+
+def test_mi_representation_is_the_mlp_branch_before_the_residual_add():
+    from raydt.analysis.run import _capture
+    from raydt.data.sampler import Batch
+    from tests.test_model import random_batch, tiny_model
+
+    model = tiny_model().eval()
+    block = model.backbone.blocks[1]
+    got = _capture(model, Batch(**random_batch(b=3, k=6)), {"mlp": block.mlp, "ln_2": block.ln_2, "out": block},
+                   slice(None))
+    with torch.no_grad():
+        torch.testing.assert_close(got["mlp"], block.mlp(got["ln_2"]))  # MLP(LN_2(x)): the branch alone
+    assert not torch.allclose(got["mlp"], got["out"])  # the block output adds the skip path
+
+
+def test_cka_matrix_equals_pairwise_linear_cka():
+    from raydt.analysis import cka_matrix
+
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(30, d, generator=g) for d in (4, 7)]
+    ys = [torch.randn(30, d, generator=g) for d in (5, 2, 6)]
+    for debiased in (False, True):
+        grid = cka_matrix(xs, ys, debiased=debiased)
+        assert grid.shape == (2, 3)
+        for i, x in enumerate(xs):
+            for j, y in enumerate(ys):
+                assert float(grid[i, j]) == pytest.approx(linear_cka(x, y, debiased=debiased), rel=1e-9, abs=1e-12)
+
+
+def test_takagi_code_attention_distance_known_values():
+    from raydt.analysis import attention_distance_single_head
+
+    # q = k = 0: every query spreads 1/T over all T keys; the lower triangle keeps j ≤ i.
+    t = 4
+    zeros = torch.zeros(t, 8)
+    expected = sum((i - j) / t for i in range(t) for j in range(i + 1)) / (t * t)  # 2.5 / 16
+    assert attention_distance_single_head(zeros, zeros).item() == pytest.approx(expected) == pytest.approx(0.15625)
+    # Sharp attention on the key itself: distance 0; on key 0 from every query: Σ_i i / T².
+    eye = 50.0 * torch.eye(t)
+    assert attention_distance_single_head(eye, torch.eye(t)).item() == pytest.approx(0.0, abs=1e-6)
+    first = torch.zeros(t, t)
+    first[0] = 1.0  # key 0 is the only one any query matches
+    assert attention_distance_single_head(50.0 * torch.ones(t, t), first).item() == pytest.approx(6 / 16, abs=1e-6)
+
+
+def test_takagi_gradient_protocol_is_the_clipped_per_window_gradient_of_the_blocks(tmp_path):
+    from raydt.analysis.run import (
+        fixed_windows,
+        grads,
+        load_model_at,
+        per_sample_gradients,
+        trained_parameters,
+    )
+    from raydt.train.loop import fit
+    from tests.test_train import quiet, tiny_config
+
+    fit(tiny_config("train.keep_checkpoints=[0]", "train.steps=4", "model.dropout=0.0"), tmp_path, quiet())
+    ours = grads(tmp_path, 0, windows=6, protocol="takagi")
+    # Re-derived: each window's full gradient (vmap path; no dropout, so train = eval mode),
+    # scaled by min(1, clip / its norm), then only the transformer blocks' entries.
+    model, payload = load_model_at(tmp_path, 0)
+    params = trained_parameters(model, payload["config"])
+    full = per_sample_gradients(model, fixed_windows(payload, 6), params)
+    norms = torch.cat([g.flatten(1) for g in full.values()], dim=1).double().norm(dim=1)  # (6,)
+    scale = (0.25 / norms).clamp(max=1.0)
+    blocks = torch.cat([g.flatten(1) for name, g in full.items() if name.startswith("backbone.hf.h.")], dim=1).double()
+    expected = blocks * scale[:, None]
+    assert ours["parameters"] == blocks.shape[1] and ours["protocol"] == "takagi"
+    np.testing.assert_allclose(ours["per_sample_norms"], expected.norm(dim=1).numpy(), rtol=1e-4)
+    assert max(ours["per_sample_norms"]) <= 0.25 + 1e-6

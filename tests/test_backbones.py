@@ -110,7 +110,7 @@ def test_positions_pretrained_random_and_errors(tmp_path):
     table = model.embed_timestep.weight.detach()
     assert table.shape == (150, D)
     torch.testing.assert_close(table[:64], lm_table)
-    torch.testing.assert_close(table[64:128], lm_table)  # tiled past the LM's 64 positions
+    torch.testing.assert_close(table[64:126], lm_table[2:])  # rows 2.. tiled past the LM's 64 positions
     torch.testing.assert_close(extend_table(lm_table, 150), table)
     rand, _ = build_model(ModelConfig(backbone=str(path), positions="random"), 5, 2, 6, 150, log=lambda _: None)
     assert rand.embed_timestep.weight.shape == (150, D)
@@ -122,7 +122,19 @@ def test_positions_pretrained_random_and_errors(tmp_path):
         build_model(ModelConfig(backbone=str(llama), positions="pretrained"), 5, 2, 6, 150, log=lambda _: None)
     clip = save_tiny("clip", tmp_path)
     model, _ = build_model(ModelConfig(backbone=str(clip), positions="pretrained"), 5, 2, 6, 200, log=lambda _: None)
-    torch.testing.assert_close(model.embed_timestep.weight[77:154], model.backbone.position_table)
+    torch.testing.assert_close(model.embed_timestep.weight[77:152], model.backbone.position_table[2:])
+
+
+def test_position_extension_follows_reids_released_loop():
+    table = torch.arange(5.0)[:, None].repeat(1, 3)  # row i holds i
+    # The released loop, re-derived: copy rows 0-1, then copy rows 2..4 into each next
+    # block of 3 until the episode length (here 11 = 2 + 3·3, so every row is written).
+    expected, k = [0.0, 1.0], 2
+    while k < 11 - 1:
+        expected += [2.0, 3.0, 4.0][: 11 - k]
+        k += 3
+    assert extend_table(table, 11)[:, 0].tolist() == expected == [0, 1, 2, 3, 4, 2, 3, 4, 2, 3, 4]
+    torch.testing.assert_close(extend_table(table, 4), table[:4])  # no longer than the table: as it is
 
 
 @pytest.mark.parametrize("mode", ["none", "backbone", "backbone_except_layernorm"])

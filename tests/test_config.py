@@ -194,3 +194,18 @@ def test_every_spec_in_the_repo_resolves():
             load_pretrain_config(spec)
         else:
             load_config(spec)
+
+
+def test_recipes_resolve_to_the_paper_and_the_released_values():
+    paper = load_config(REPO / "tune_specs/base/reid_paper.yaml")
+    assert (paper.optim.warmup_steps, paper.optim.eps, paper.model.ln_order, paper.model.action_head) == \
+        (5000, 1e-8, "time_then_ln", "linear")
+    assert (paper.loss.cosine_variant, paper.loss.lambda_schedule, paper.model.attn_dropout) == ("paper", "linear", None)
+    assert paper == load_config(REPO / "tune_specs/base/reid_paper.yaml", []) and paper.train == RunConfig().train
+    code = load_config(REPO / "tune_specs/base/reid_code.yaml")
+    # run.sh + experiment.py + utils.py + decision_transformer.py at 0f86702 (docs/fidelity.md)
+    assert (code.optim.warmup_steps, code.optim.eps, code.optim.lr, code.optim.weight_decay) == (10000, 1e-6, 1e-4, 1e-4)
+    assert (code.model.dropout, code.model.attn_dropout, code.model.embd_dropout) == (0.2, 0.1, 0.1)
+    assert (code.model.ln_order, code.model.action_head, code.model.positions) == ("ln_then_time", "tied", "pretrained")
+    assert (code.loss.lambda1, code.loss.cosine_variant, code.loss.lambda_schedule) == (0.1, "as_coded", "sigmoid")
+    assert (code.train.eval_every, code.eval.episodes, code.data.context_length, code.train.batch_size) == (2500, 100, 20, 64)

@@ -16,10 +16,12 @@ def windows(b=4, k=6, obs=5, act=2, pad=(0, 2, 5, 3)):
     return s, a, r, t, mask
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu_new"])
-def test_action_policy_matches_the_model(activation):
+@pytest.mark.parametrize("activation,reid", [("relu", False), ("gelu_new", False), ("relu", True)])
+def test_action_policy_matches_the_model(activation, reid):
     torch.manual_seed(0)
-    model, _ = build_model(ModelConfig(n_embd=32, n_head=4, n_layer=3, activation=activation), 5, 2, 6, 50)
+    # reid: Reid's released architecture (LN before the timestep, the tied action head)
+    extra = {"ln_order": "ln_then_time", "action_head": "tied"} if reid else {}
+    model, _ = build_model(ModelConfig(n_embd=32, n_head=4, n_layer=3, activation=activation, **extra), 5, 2, 6, 50)
     model.eval()
     policy = ActionPolicy(model, rows_hint=4 * 18)
     assert policy.layers is not None  # the GPT-2 fast path, not the fallback

@@ -25,9 +25,24 @@ def naive_paper(inputs, centers, mask):
     return -total / count
 
 
-def naive_as_coded(inputs, centers):
-    """The released code's expression: the (B, T, C, D) product, max over C, mean over the rest."""
-    return -(inputs[:, :, None, :] * centers[None, None, :, :]).amax(dim=2).mean()
+def naive_cotraining(inputs, centers):
+    """The released co-training trainer's expression on raw vectors: the (B, T, C, D) product
+    "iaj,bj->iabj", max over C, mean over everything else."""
+    return -torch.einsum("iaj,bj->iabj", inputs, centers).amax(dim=2).mean()
+
+
+def naive_main_trainer(inputs, centers):
+    """Reid's main trainer: the same expression on F.normalize'd inputs and centres, every
+    token (padding included), written out coordinate by coordinate."""
+    x = inputs / inputs.norm(dim=-1, keepdim=True)
+    c = centers / centers.norm(dim=-1, keepdim=True)
+    b, t, d = x.shape
+    total = 0.0
+    for i in range(b):
+        for a in range(t):
+            for j in range(d):
+                total = total + (x[i, a, j] * c[:, j]).max()
+    return -total / (b * t * d)
 
 
 @pytest.fixture
@@ -52,16 +67,25 @@ def test_paper_variant_equals_all_pairs_values_and_gradients(data):
     assert x1.grad[~mask].abs().max() == 0  # padding tokens get no gradient
 
 
-def test_as_coded_variant_equals_the_released_expression(data):
+@pytest.mark.parametrize("variant,naive", [("as_coded", naive_main_trainer), ("as_coded_cotraining", naive_cotraining)])
+def test_as_coded_variants_equal_the_released_expressions(data, variant, naive):
     inputs, centers, _ = data
     x1 = inputs.clone().requires_grad_(True)
     x2 = inputs.clone().requires_grad_(True)
-    fast = cosine_cluster_loss(x1, centers, variant="as_coded")
-    slow = naive_as_coded(x2, centers)
+    fast = cosine_cluster_loss(x1, centers, variant=variant)
+    slow = naive(x2, centers)
     torch.testing.assert_close(fast, slow)
     fast.backward()
     slow.backward()
     torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_the_main_trainer_and_the_cotraining_forms_are_far_apart(data):
+    # Unit vectors bound the products by 1/D-ish; raw ones are not bounded: 10× apart and more.
+    inputs, centers, _ = data
+    main = cosine_cluster_loss(3 * inputs, 3 * centers, variant="as_coded").abs()
+    raw = cosine_cluster_loss(3 * inputs, 3 * centers, variant="as_coded_cotraining").abs()
+    assert raw > 10 * main
 
 
 def test_paper_variant_known_values():
@@ -126,3 +150,25 @@ def test_lambda_schedules():
     for step in (0, 1000, 2500, 4000):
         assert lambda_factor("sigmoid", step, 5000) == pytest.approx(1 / (1 + math.exp(-(5 - step / 500))))
     assert lambda_factor("sigmoid", 2500, 5000) == pytest.approx(0.5)
+
+
+def test_as_coded_objective_uses_untimed_layer_norm_tokens_and_padding():
+    from raydt.data.sampler import Batch
+    from raydt.train.loop import Objective
+    from tests.test_model import random_batch, tiny_model
+
+    model = tiny_model().eval()
+    centers = torch.randn(9, 32, generator=torch.Generator().manual_seed(1))
+    batch = Batch(**random_batch(b=2, k=6))
+    batch.mask[0, :3] = False  # padded steps still count, as in the released loss
+    out = Objective(model, centers, "as_coded")(batch, None, 0.1, 0.0)
+    # all_embs of Reid's model, derived here from the embedding layers: LN of the stacked
+    # (R̂, s, a) embeddings before any timestep is added.
+    with torch.no_grad():
+        r = model.embed_return(batch.returns_to_go)
+        s = model.embed_state(batch.states)
+        a = model.embed_action(batch.actions)
+        stacked = torch.stack((r, s, a), dim=1).permute(0, 2, 1, 3).reshape(2, 18, 32)
+        all_embs = model.embed_ln(stacked)
+    torch.testing.assert_close(out["cos"], naive_main_trainer(all_embs.double(), centers.double()).float(),
+                               atol=1e-6, rtol=1e-5)

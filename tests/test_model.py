@@ -213,3 +213,50 @@ def test_checkpoints_are_read_without_running_pickled_code(tmp_path):
     torch.save({"step": 1, "payload": _Payload()}, tmp_path / "foreign.pt")
     with pytest.raises(Exception, match="cannot be read: it holds more than tensors.*Unsupported global"):
         load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_reid_layer_norm_order_adds_the_timestep_after_the_norm():
+    from dataclasses import replace
+
+    model = tiny_model(cfg=replace(TINY, ln_order="ln_then_time")).eval()
+    batch = random_batch(b=2, k=3)
+    tokens, _ = model.embed(**batch)
+    with torch.no_grad():
+        r = model.embed_return(batch["returns_to_go"])
+        s = model.embed_state(batch["states"])
+        a = model.embed_action(batch["actions"])
+        time = model.embed_timestep(batch["timesteps"])
+        expected = torch.stack((model.embed_ln(r) + time, model.embed_ln(s) + time, model.embed_ln(a) + time), dim=2)
+    torch.testing.assert_close(tokens, expected.reshape(2, 9, 32))
+    kzl, _ = tiny_model().eval().embed(**batch)  # the original DT: LN(token + time)
+    assert not torch.allclose(kzl, tokens)
+
+
+def test_tied_action_head_shares_the_action_embedding():
+    from dataclasses import replace
+
+    model = tiny_model(cfg=replace(TINY, action_head="tied"))
+    assert not [n for n in dict(model.named_parameters()) if n.startswith("predict_action")]  # no own weights
+    batch = random_batch(b=2, k=3)
+    tokens, mask = model.embed(**batch)
+    hidden = model.backbone(tokens, mask).reshape(2, 3, 3, 32)[:, :, 1]  # s_t tokens (B, K, h)
+    torch.testing.assert_close(model(**batch), torch.tanh(hidden @ model.embed_action.weight))  # no bias
+    # The action loss reaches the action embedding through the head as well as the input.
+    model.zero_grad()
+    model(**batch).sum().backward()
+    both = model.embed_action.weight.grad.clone()
+    model.zero_grad()
+    tokens, mask = model.embed(**batch)
+    hidden = model.backbone(tokens, mask).reshape(2, 3, 3, 32)[:, :, 1]
+    torch.tanh(hidden @ model.embed_action.weight.detach()).sum().backward()  # the input path only
+    assert (both - model.embed_action.weight.grad).abs().sum() > 1e-6
+
+
+def test_dropout_rates_reach_the_backbone_config():
+    from dataclasses import replace
+
+    model = tiny_model(cfg=replace(TINY, dropout=0.2, attn_dropout=0.1, embd_dropout=0.05))
+    config = model.backbone.hf.config
+    assert (config.resid_pdrop, config.attn_pdrop, config.embd_pdrop) == (0.2, 0.1, 0.05)
+    plain = tiny_model(cfg=replace(TINY, dropout=0.3)).backbone.hf.config
+    assert (plain.resid_pdrop, plain.attn_pdrop, plain.embd_pdrop) == (0.3, 0.3, 0.3)

@@ -142,3 +142,13 @@ def test_bf16_precision_trains_on_cpu(tmp_path):
     assert all(map(math.isfinite, losses["bf16"]))
     assert losses["bf16"] != losses["fp32"]  # bf16 rounding is visible: autocast is on
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+def test_random_streams_never_share_a_seed():
+    from raydt.train.loop import STREAMS, stream_seed
+
+    seeds = [stream_seed(seed, rank, stream, step) for seed in (0, 1) for rank in range(8)
+             for stream in STREAMS for step in (0, 100)]
+    assert len(set(seeds)) == len(seeds)  # e.g. rank 0's text stream is not rank 1's windows
+    assert stream_seed(3, 1, "text") == stream_seed(3, 1, "text")  # deterministic
+    assert all(0 <= s < 2**63 for s in seeds)

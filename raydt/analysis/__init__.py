@@ -11,21 +11,64 @@ import torch
 
 from raydt.analysis.mine import mine_batched, mutual_information
 
-__all__ = ["attention_distance", "gradient_confusion", "linear_cka", "mine_batched", "mutual_information",
+__all__ = ["attention_distance", "attention_distance_single_head", "cka_matrix", "gradient_confusion", "linear_cka", "mine_batched", "mutual_information",
            "pairwise_cosines", "parameter_change"]
 
 
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False) -> float:
     """Linear CKA (Kornblith et al. 2019) of features ``x`` (n, d1) and ``y`` (n, d2) of the
-    same n examples: ‖yᵀx‖²_F / (‖xᵀx‖_F ‖yᵀy‖_F) on column-centred features, in [0, 1];
-    1 for the same features up to an orthogonal transform and isotropic scaling."""
+    same n examples: ‖yᵀx‖²_F / (‖xᵀx‖_F ‖yᵀy‖_F) on column-centred features; 1 for the same
+    features up to an orthogonal transform and isotropic scaling.
+
+    The plain (biased) estimator has a floor that grows with the width: independent random
+    features at n = 512 give about 0.6 at 768 dimensions. ``debiased`` uses the unbiased
+    HSIC estimator (Song et al. 2012) instead, as Takagi's analysis code does: about 0 for
+    independent features at any width (and no longer confined to [0, 1] for small n).
+    """
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"linear_cka needs (n, d1) and (n, d2) with the same n; got {tuple(x.shape)}, {tuple(y.shape)}")
     x = x.double() - x.double().mean(dim=0, keepdim=True)  # (n, d1)
     y = y.double() - y.double().mean(dim=0, keepdim=True)  # (n, d2)
+    if debiased:
+        if x.shape[0] < 4:
+            raise ValueError("debiased linear CKA needs at least 4 examples")
+        gx, gy = x @ x.T, y @ y.T  # (n, n) Gram matrices
+        denom = (_hsic_unbiased(gx, gx) * _hsic_unbiased(gy, gy)).sqrt()
+        return float(_hsic_unbiased(gx, gy) / denom) if float(denom) > 0 else 0.0
     cross = torch.linalg.matrix_norm(y.T @ x) ** 2
     denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
     return float(cross / denom) if float(denom) > 0 else 0.0
+
+
+def cka_matrix(xs: list[torch.Tensor], ys: list[torch.Tensor], debiased: bool = False) -> torch.Tensor:
+    """Linear CKA of every feature set in ``xs`` with every one in ``ys`` (each (n, d_i), the
+    same n examples) → (len(xs), len(ys)); the same values as :func:`linear_cka`, with each
+    Gram matrix computed once."""
+    def gram(f: torch.Tensor) -> torch.Tensor:
+        f = f.double() - f.double().mean(dim=0, keepdim=True)
+        return f @ f.T  # (n, n), of centred features: already H·K·H
+
+    gx, gy = [gram(x) for x in xs], [gram(y) for y in ys]
+    if debiased:
+        sx = torch.stack([_hsic_unbiased(g, g) for g in gx]).sqrt()
+        sy = torch.stack([_hsic_unbiased(g, g) for g in gy]).sqrt()
+        cross = torch.tensor([[float(_hsic_unbiased(a, b)) for b in gy] for a in gx], dtype=torch.float64)
+    else:
+        sx = torch.stack([g.square().sum() for g in gx]).sqrt()
+        sy = torch.stack([g.square().sum() for g in gy]).sqrt()
+        cross = torch.tensor([[float((a * b).sum()) for b in gy] for a in gx], dtype=torch.float64)
+    return cross / (sx[:, None] * sy[None, :]).clamp(min=torch.finfo(torch.float64).tiny)
+
+
+def _hsic_unbiased(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
+    """Song et al.'s unbiased HSIC of Gram matrices (n, n), up to the factor 1/(n(n−3)),
+    which cancels in CKA: tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n−1)(n−2)) − 2·1ᵀK̃L̃1/(n−2), K̃ = K with
+    its diagonal zeroed."""
+    n = gx.shape[0]
+    kt = gx - torch.diag(torch.diagonal(gx))  # (n, n), diagonal zeroed
+    lt = gy - torch.diag(torch.diagonal(gy))
+    return ((kt * lt).sum() + kt.sum() * lt.sum() / ((n - 1) * (n - 2))
+            - 2.0 * (kt.sum(dim=0) @ lt.sum(dim=1)) / (n - 2))
 
 
 def attention_distance(attn: torch.Tensor) -> torch.Tensor:
@@ -35,6 +78,18 @@ def attention_distance(attn: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(t, device=attn.device, dtype=attn.dtype)
     distance = (positions[:, None] - positions[None, :]).abs()  # (T, T)
     return (attn * distance).sum(dim=-1).mean(dim=-1)
+
+
+def attention_distance_single_head(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Attention distance as Takagi's released code computes it (not the paper's definition):
+    one head over the whole width, softmax(q·kᵀ/√d) over all keys with no causal mask, then
+    only the lower triangle kept (not renormalised), weighted by |i − j| and averaged over the
+    full T × T grid. q, k (..., T, d) → (...)."""
+    t, d = q.shape[-2], q.shape[-1]
+    attn = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1).tril()  # (..., T, T)
+    positions = torch.arange(t, device=q.device, dtype=attn.dtype)
+    distance = (positions[:, None] - positions[None, :]).abs()  # (T, T)
+    return (attn * distance).mean(dim=(-2, -1))
 
 
 def parameter_change(pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

@@ -15,8 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from raydt.analysis import attention_distance, linear_cka, parameter_change
-from raydt.errors import RaydtError
+from raydt.analysis import (
+    attention_distance,
+    attention_distance_single_head,
+    cka_matrix,
+    linear_cka,
+    parameter_change,
+)
+from raydt.errors import ConfigError, RaydtError
 from raydt.fsutil import atomic_write_text
 from raydt.model.backbone import strip_prefixes
 from raydt.train.checkpoint import LAST, kept_name, load_checkpoint
@@ -116,21 +122,31 @@ def _capture(model, batch, modules: dict[Any, torch.nn.Module], tokens: slice) -
     return captured
 
 
+SUBLAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "attn.resid_dropout", "ln_2", "mlp.c_fc", "mlp.act",
+             "mlp.c_proj", "mlp.dropout")
+"""The nine sub-layers of a GPT-2 block Takagi's CKA hooks (signal_propagation.py at 200abbe)."""
+
+
 def block_activations(model, batch) -> dict[str, torch.Tensor]:
-    """Outputs of every block's sub-layers (ln_1, attn, ln_2, mlp where present) and of the
-    block, at the last time step's R, s and a tokens: name → (B, 3, h)."""
+    """Outputs of every block's sub-layers (Takagi's nine for GPT-2; ln_1, attn, ln_2, mlp
+    for other families) and of the block, at the last time step's R, s and a tokens:
+    name → (B, 3, h) (c_attn: 3h, c_fc and act: 4h wide)."""
     modules = {}
     for i, block in enumerate(model.backbone.blocks):
-        for child in ("ln_1", "attn", "ln_2", "mlp"):
-            if hasattr(block, child):
-                modules[f"block{i}.{child}"] = getattr(block, child)
+        names = SUBLAYERS if all(_child(block, n) is not None for n in SUBLAYERS) else ("ln_1", "attn", "ln_2", "mlp")
+        for name in names:
+            if _child(block, name) is not None:
+                modules[f"block{i}.{name}"] = _child(block, name)
         modules[f"block{i}.output"] = block
     return _capture(model, batch, modules, slice(-3, None))  # R_K, s_K, a_K
 
 
-def block_outputs(model, batch, blocks: list[int]) -> dict[int, torch.Tensor]:
-    """Output of each block in ``blocks`` at every token: block → (B, 3K, h)."""
-    return _capture(model, batch, {i: model.backbone.blocks[i] for i in blocks}, slice(None))
+def _child(module, dotted: str):
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
 
 
 def token_inputs(batch) -> torch.Tensor:
@@ -154,18 +170,29 @@ def depth_blocks(n_blocks: int) -> dict[str, int]:
 
 
 def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int = 1000,
-       chunk: int = 128, seed: int = 0, log=lambda _msg: None) -> dict[str, Any]:
+       chunk: int = 128, seed: int = 0, log=lambda _msg: None, representation: str = "mlp") -> dict[str, Any]:
     """Takagi's MINE estimates at one checkpoint, for the shallow, middle and deep blocks:
     I(X;T) = I(x_t; T_l(s_K)), how much of the input at token t reaches the last state
     token, and I(Y;T) = I(a_K; T_l(x_t)), how much of the action to predict token t's
-    representation holds, for every token t before a_K."""
+    representation holds, for every token t before a_K.
+
+    T_l is, as in Takagi's code, the MLP branch's output of block l (``h.l.mlp.dropout``,
+    before the residual add) with ``representation="mlp"``; ``"residual"`` measures the
+    block's output (the residual stream, which also carries the skip path: higher values).
+    """
     from raydt.analysis.mine import mine_batched
 
+    if representation not in ("mlp", "residual"):
+        raise ConfigError(f"--representation {representation!r}: use mlp (Takagi's) or residual")
     model, payload = load_model_at(run_dir, step)
     batch = fixed_windows(payload, windows, seed=seed)
     n, k = batch.mask.shape
     depths = depth_blocks(len(model.backbone.blocks))
-    hidden = block_outputs(model, batch, sorted(set(depths.values())))
+    blocks = model.backbone.blocks
+    if representation == "mlp" and not all(hasattr(blocks[i], "mlp") for i in depths.values()):
+        raise ConfigError("--representation mlp: this backbone's blocks have no .mlp branch; use residual")
+    modules = {i: (blocks[i].mlp if representation == "mlp" else blocks[i]) for i in sorted(set(depths.values()))}
+    hidden = _capture(model, batch, modules, slice(None))
     raw = token_inputs(batch)  # (n, 3K, w)
     last_state, positions = 3 * k - 2, 3 * k - 1  # s_K's index; tokens 0..s_K
     target = raw[:, 3 * k - 1]  # (n, w): a_K
@@ -181,7 +208,7 @@ def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int 
         xs = torch.stack([x for x, _ in part])  # (E, n, w)
         ys = torch.stack([y for _, y in part])  # (E, n, h)
         estimates += mine_batched(xs, ys, steps=steps, seed=seed + start).tolist()
-    out: dict[str, Any] = {"step": payload["step"], "windows": n, "mine_steps": steps,
+    out: dict[str, Any] = {"step": payload["step"], "windows": n, "mine_steps": steps, "representation": representation,
                            "tokens": token_names(k)[:positions], "blocks": {}}
     for i, (depth, block) in enumerate(depths.items()):
         values = estimates[2 * i * positions:2 * (i + 1) * positions]
@@ -221,17 +248,28 @@ def per_sample_gradients(model, batch, params: dict[str, torch.Tensor], chunk: i
         detached, batch.states, batch.actions, batch.returns_to_go, batch.timesteps)
 
 
-def grads(run_dir: Path, step: int | str = 0, windows: int = 64, seed: int = 0) -> dict[str, Any]:
+def grads(run_dir: Path, step: int | str = 0, windows: int = 64, seed: int = 0,
+          protocol: str = "raydt") -> dict[str, Any]:
     """Takagi's gradient analysis at one checkpoint: per-sample gradient norms before and
     after clipping at the run's ``optim.grad_clip``, gradient confusion (minimum pairwise
-    cosine), and each parameter's share of the squared norm of the batch gradient."""
+    cosine), and each parameter's share of the squared norm of the batch gradient.
+
+    ``protocol``: ``raydt`` takes every trained parameter's gradient, eval mode, before and
+    after clipping; ``takagi`` follows his released code: one backward per window in train
+    mode (dropout on), the whole gradient clipped at ``optim.grad_clip``, then only the
+    transformer blocks' gradients kept (run it with ``--windows 50 --step 2500``)."""
     from raydt.analysis import pairwise_cosines
 
+    if protocol not in ("raydt", "takagi"):
+        raise ConfigError(f"--protocol {protocol!r}: use raydt or takagi")
     model, payload = load_model_at(run_dir, step)
     cfg = payload["config"]
     batch = fixed_windows(payload, windows, seed=seed)
     params = trained_parameters(model, cfg)
-    per_sample = per_sample_gradients(model, batch, params)
+    if protocol == "takagi":
+        per_sample = _takagi_gradients(model, batch, params, float(cfg["optim"]["grad_clip"]), seed)
+    else:
+        per_sample = per_sample_gradients(model, batch, params)
     flat = torch.cat([g.flatten(1) for g in per_sample.values()], dim=1).double()  # (n, P)
     norms = flat.norm(dim=1)  # (n,)
     clip = float(cfg["optim"]["grad_clip"])
@@ -246,6 +284,7 @@ def grads(run_dir: Path, step: int | str = 0, windows: int = 64, seed: int = 0) 
     off = ~torch.eye(len(flat), dtype=torch.bool)
     return {
         "step": payload["step"], "windows": len(flat), "grad_clip": clip, "parameters": flat.shape[1],
+        "protocol": protocol,
         "loss": "action loss of each window (the λ terms are left out)",
         "confusion": float(cos[off].min()), "mean_cosine": float(cos[off].mean()),
         "norm": {"mean": float(norms.mean()), "median": float(norms.median()), "min": float(norms.min()),
@@ -258,14 +297,50 @@ def grads(run_dir: Path, step: int | str = 0, windows: int = 64, seed: int = 0) 
     }
 
 
+def _takagi_gradients(model, batch, params: dict[str, torch.nn.Parameter], clip: float,
+                      seed: int) -> dict[str, torch.Tensor]:
+    """Per-window gradients as Takagi's code takes them (signal_propagation.py at 200abbe):
+    train mode, one backward per window, all gradients clipped together, blocks' kept."""
+    from raydt.losses import action_loss
+
+    block_ids = {id(p) for p in model.backbone.blocks.parameters()}
+    kept = {name: p for name, p in params.items() if id(p) in block_ids}
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in kept}
+    model.train()  # his model is never put in eval mode: dropout stays on
+    torch.manual_seed(seed)
+    for i in range(len(batch.mask)):
+        one = [x[i:i + 1] for x in (batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)]
+        model.zero_grad(set_to_none=True)
+        action_loss(model(*one), one[1], one[4]).backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
+        for name, p in kept.items():
+            out[name].append(p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+    model.eval()
+    return {name: torch.stack(gs) for name, gs in out.items()}  # name → (n, *shape)
+
+
 def cka(run_dir: Path, pre: int | str = 0, post: int | str = "last", windows: int = 512) -> dict[str, Any]:
     model_a, payload_a = load_model_at(run_dir, pre)
     model_b, payload_b = load_model_at(run_dir, post)
     batch = fixed_windows(payload_b, windows)
     acts_a, acts_b = block_activations(model_a, batch), block_activations(model_b, batch)
-    layers = {name: {tok: linear_cka(acts_a[name][:, j], acts_b[name][:, j]) for j, tok in enumerate(TOKENS)}
-              for name in acts_a}
-    return {"pre_step": payload_a["step"], "post_step": payload_b["step"], "windows": len(batch.mask), "layers": layers}
+
+    def table(debiased: bool) -> dict[str, dict[str, float]]:
+        return {name: {tok: linear_cka(acts_a[name][:, j], acts_b[name][:, j], debiased=debiased)
+                       for j, tok in enumerate(TOKENS)} for name in acts_a}
+
+    # Every pre layer against every post layer at the state token: the diagonal is the
+    # table above; off the diagonal, unrelated layers show the estimator's floor.
+    names = list(acts_a)
+    state = TOKENS.index("state")
+    cross = {kind: cka_matrix([acts_a[n][:, state] for n in names], [acts_b[n][:, state] for n in names],
+                              debiased=kind == "debiased").tolist() for kind in ("debiased", "biased")}
+    # Debiased, as Takagi's code measures (the biased estimator's width-dependent floor would
+    # confound GPT-2 (768) with DT (128)); the biased values are kept beside for comparison.
+    return {"pre_step": payload_a["step"], "post_step": payload_b["step"], "windows": len(batch.mask),
+            "estimator": "debiased", "layers": table(debiased=True), "layers_biased": table(debiased=False),
+            "cross_state_token": {"layers": names, **cross}}
 
 
 @torch.no_grad()
@@ -278,19 +353,43 @@ def attention_maps(model, batch) -> list[torch.Tensor]:
     return [a.float() for a in out.attentions]
 
 
-def attention(run_dir: Path, steps: list[int | str], windows: int = 64) -> dict[str, Any]:
-    """Mean attention distance per block at each step and its gap to the first step."""
+def attention(run_dir: Path, steps: list[int | str], windows: int = 64, definition: str = "paper") -> dict[str, Any]:
+    """Mean attention distance per block at each step and its gap to the first step.
+
+    ``definition``: ``paper`` (ViT's, which Takagi's paper states: the model's own causal
+    attention, Σ_j a_ij·|i − j| averaged over queries and heads) or ``takagi_code`` (what his
+    released code computes: :func:`~raydt.analysis.attention_distance_single_head` on each
+    block's c_attn queries and keys)."""
+    if definition not in ("paper", "takagi_code"):
+        raise ConfigError(f"--definition {definition!r}: use paper or takagi_code")
     results, maps = {}, {}
     batch = None
     for step in steps:
         model, payload = load_model_at(run_dir, step)
         batch = batch if batch is not None else fixed_windows(payload, windows)
         attn = attention_maps(model, batch)
-        results[str(payload["step"])] = [float(attention_distance(a).mean()) for a in attn]
+        if definition == "paper":
+            results[str(payload["step"])] = [float(attention_distance(a).mean()) for a in attn]
+        else:
+            results[str(payload["step"])] = _single_head_distances(model, batch)
         maps[str(payload["step"])] = [a.mean(dim=(0, 1)).numpy() for a in attn]  # (3K, 3K) each
     first = next(iter(results.values()))
     gaps = {step: [abs(d - d0) for d, d0 in zip(dists, first)] for step, dists in results.items()}
-    return {"windows": int(len(batch.mask)), "distance": results, "gap_to_first": gaps, "_maps": maps}
+    return {"windows": int(len(batch.mask)), "definition": definition, "distance": results,
+            "gap_to_first": gaps, "_maps": maps}
+
+
+def _single_head_distances(model, batch) -> list[float]:
+    """Takagi's code's distance per block, from the q and k slices of each block's c_attn."""
+    blocks = model.backbone.blocks
+    if not all(hasattr(getattr(b, "attn", None), "c_attn") for b in blocks):
+        raise ConfigError("--definition takagi_code needs GPT-2 blocks (attn.c_attn); use paper")
+    qkv = _capture(model, batch, {i: b.attn.c_attn for i, b in enumerate(blocks)}, slice(None))
+    out = []
+    for i in range(len(blocks)):
+        q, k, _ = qkv[i].chunk(3, dim=-1)  # 3 × (B, 3K, h)
+        out.append(float(attention_distance_single_head(q, k).mean()))
+    return out
 
 
 def summary(what: str, result: dict[str, Any]) -> list[str]:
@@ -300,9 +399,18 @@ def summary(what: str, result: dict[str, Any]) -> list[str]:
         return [f"step {result['pre_step']} → {result['post_step']}: parameter tensor, L2 distance, cosine similarity",
                 *(f"{name:<48} {v['l2_distance']:10.4f} {v['cosine_similarity']:8.4f}" for name, v in rows)]
     if what == "cka":
-        return [f"linear CKA, step {result['pre_step']} vs {result['post_step']}, {result['windows']} windows: "
-                "layer, return / state / action token",
-                *(f"{name:<20} " + "  ".join(f"{v[t]:.3f}" for t in TOKENS) for name, v in result["layers"].items())]
+        biased = result.get("layers_biased", {})
+        cross = result.get("cross_state_token")
+        floor = []
+        if cross:
+            off = [(i, j) for i in range(len(cross["layers"])) for j in range(len(cross["layers"])) if i != j]
+            mean_abs = {k: sum(abs(cross[k][i][j]) for i, j in off) / max(len(off), 1) for k in ("debiased", "biased")}
+            floor = [f"layer × layer at the state token, off the diagonal: mean |CKA| {mean_abs['debiased']:.3f} "
+                     f"debiased, {mean_abs['biased']:.3f} biased"]
+        return [f"linear CKA (debiased; biased in brackets), step {result['pre_step']} vs {result['post_step']}, "
+                f"{result['windows']} windows: layer, return / state / action token",
+                *(f"{name:<24} " + "  ".join(f"{v[t]:6.3f} ({biased[name][t]:.3f})" if name in biased else f"{v[t]:6.3f}"
+                                          for t in TOKENS) for name, v in result["layers"].items()), *floor]
     if what == "attention":
         first = next(iter(result["distance"]))
         return [f"mean attention distance per block ({result['windows']} windows); gap to step {first}",
@@ -393,7 +501,8 @@ def plot_cka(run_dir: Path, result: dict[str, Any]) -> Path:
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(TOKENS)), TOKENS)
     ax.set_yticks(range(len(layers)), layers, fontsize=7)
-    ax.set_title(f"linear CKA, step {result['pre_step']} vs {result['post_step']}", fontsize=9)
+    ax.set_title(f"linear CKA ({result.get('estimator', 'biased')}), step {result['pre_step']} vs "
+                 f"{result['post_step']}", fontsize=9)
     fig.colorbar(image, ax=ax)
     return _save(fig, run_dir, "cka")
 

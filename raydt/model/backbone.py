@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -276,14 +276,35 @@ def _hf_class(kind: str) -> Any:
 # Building
 
 
-def _set_dropout(config: Any, dropout: float) -> None:
-    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout",
-                 "dropout", "attention_probs_dropout_prob", "hidden_dropout_prob"):
-        if isinstance(getattr(config, name, None), float):
-            setattr(config, name, dropout)
+class Dropouts(NamedTuple):
+    """Dropout rates of a backbone: residual branches, attention weights, input embeddings."""
+
+    resid: float
+    attn: float
+    embd: float
+
+    @classmethod
+    def of(cls, value: float | Dropouts) -> Dropouts:
+        return value if isinstance(value, Dropouts) else cls(value, value, value)
 
 
-def random_gpt2(n_embd: int, n_head: int, n_layer: int, dropout: float, activation: str,
+# Which config field of each Hugging Face family holds which rate.
+_DROPOUT_FIELDS = {
+    "resid": ("resid_pdrop", "hidden_dropout", "dropout", "hidden_dropout_prob"),
+    "attn": ("attn_pdrop", "attention_dropout", "attention_probs_dropout_prob"),
+    "embd": ("embd_pdrop",),
+}
+
+
+def _set_dropout(config: Any, dropout: float | Dropouts) -> None:
+    rates = Dropouts.of(dropout)._asdict()
+    for which, names in _DROPOUT_FIELDS.items():
+        for name in names:
+            if isinstance(getattr(config, name, None), float):
+                setattr(config, name, rates[which])
+
+
+def random_gpt2(n_embd: int, n_head: int, n_layer: int, dropout: float | Dropouts, activation: str,
                 n_positions: int = 1024) -> nn.Module:
     """A freshly initialised GPT-2 of the given shape (no token vocabulary to speak of)."""
     from transformers import GPT2Config, GPT2Model
@@ -294,7 +315,8 @@ def random_gpt2(n_embd: int, n_head: int, n_layer: int, dropout: float, activati
         n_embd=n_embd, n_head=n_head, n_layer=n_layer, n_inner=4 * n_embd,
         n_positions=n_positions, vocab_size=1, bos_token_id=0, eos_token_id=0,
         activation_function=activation,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        resid_pdrop=Dropouts.of(dropout).resid, embd_pdrop=Dropouts.of(dropout).embd,
+        attn_pdrop=Dropouts.of(dropout).attn,
     )
     return GPT2Model._from_config(config, attn_implementation="sdpa")
 
@@ -328,7 +350,7 @@ def _load_config(name_or_path: str) -> Any:
         ) from None
 
 
-def pretrained_backbone(name_or_path: str, dropout: float) -> tuple[Backbone, LoadReport]:
+def pretrained_backbone(name_or_path: str, dropout: float | Dropouts) -> tuple[Backbone, LoadReport]:
     """Load a pre-trained backbone (hub id or directory) of any supported kind."""
     config = _load_config(name_or_path)
     kind = _kind_of(config.model_type)
@@ -379,7 +401,7 @@ def backbone_from_config(kind: str, config_dict: dict[str, Any]) -> Backbone:
 def build_backbone(
     size_dims: tuple[int, int, int],
     backbone: str,
-    dropout: float,
+    dropout: float | Dropouts,
     activation: str,
     n_tokens: int,
     replace_block: int | None = None,

@@ -9,18 +9,28 @@ from torch import nn
 
 from raydt.config import ModelConfig
 from raydt.errors import ConfigError
-from raydt.model.backbone import LoadReport, backbone_from_config, build_backbone, freeze
+from raydt.model.backbone import Dropouts, LoadReport, backbone_from_config, build_backbone, freeze
 from raydt.model.dt import DecisionTransformer, ModelArgs
 
 
 def extend_table(table: torch.Tensor, rows: int) -> torch.Tensor:
-    """``table`` (P, D) tiled to (rows, D): timestep t takes row t mod P.
+    """``table`` (P, D) as a (rows, D) timestep table, as Reid's ``--extend_positions`` makes it.
 
-    Episodes are often longer than an LM's position table (CLIP: 77, GPT-2: 1024 against
-    Hopper's 1000 steps and Atari's thousands); tiling keeps every row a trained position.
+    Episodes up to P steps take rows 0..rows-1 as they are. Longer ones keep rows 0 and 1 and
+    tile rows 2..P-1 after them: timestep t ≥ 2 takes row 2 + (t − 2) mod (P − 2)
+    (released code: decision_transformer.py, L78-L93 at 0f86702). Every row is a trained
+    position; CLIP's 77 rows and a short laptop ChibiT's are extended this way.
     """
-    reps = -(-rows // table.shape[0])
-    return table.repeat(reps, 1)[:rows].clone()
+    p = table.shape[0]
+    if rows <= p:
+        return table[:rows].clone()
+    t = torch.arange(rows, device=table.device)
+    index = torch.where(t < 2, t, 2 + (t - 2) % max(p - 2, 1)) if p > 2 else t % p
+    return table[index].clone()
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def build_model(
@@ -32,8 +42,12 @@ def build_model(
     from raydt.pretrain import resolve_backbone
 
     source = resolve_backbone(cfg.backbone, cfg, log=log)
+    if cfg.action_head == "tied" and discrete_actions:
+        raise ConfigError("model.action_head=tied shares the action embedding of continuous actions; "
+                          "Atari's action ids use a table (set model.action_head=linear)")
+    dropout = Dropouts(cfg.dropout, _or(cfg.attn_dropout, cfg.dropout), _or(cfg.embd_dropout, cfg.dropout))
     backbone, report = build_backbone(
-        cfg.dims, source, cfg.dropout, cfg.activation, 3 * context_length, replace_block=cfg.replace_block
+        cfg.dims, source, dropout, cfg.activation, 3 * context_length, replace_block=cfg.replace_block
     )
     table = backbone.position_table
     if cfg.positions == "pretrained" and (table is None or cfg.backbone == "random"):
@@ -52,6 +66,8 @@ def build_model(
         backbone_kind=backbone.kind,
         discrete_actions=discrete_actions,
         frame_stack=frame_stack,
+        ln_order=cfg.ln_order,
+        action_head=cfg.action_head,
     )
     model = DecisionTransformer(args, backbone)
     if cfg.positions == "pretrained":

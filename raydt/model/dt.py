@@ -38,6 +38,10 @@ class ModelArgs:
     """Actions are ids in [0, act_dim): embedded by a table, predicted as logits (Atari)."""
     frame_stack: int = 0
     """0: states are (obs_dim,) vectors; > 0: stacks of this many 84×84 frames through a CNN."""
+    ln_order: str = "time_then_ln"
+    """time_then_ln: LN(token + time) (original DT); ln_then_time: LN(token) + time (Reid's code)."""
+    action_head: str = "linear"
+    """linear: its own Linear + tanh; tied: tanh(h·W) with the action embedding's weight W (Reid's run.sh)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +67,20 @@ class NatureCNN(nn.Module):
         return self.net(x).reshape(b, k, -1)
 
 
+class TiedActionHead(nn.Module):
+    """tanh(x·W) with W (h, act) the action embedding's weight and no bias: the output
+    projection shares the input one (``--share_input_output_proj`` of Reid's run.sh)."""
+
+    def __init__(self, embed_action: nn.Linear) -> None:
+        super().__init__()
+        # Held outside the module tree: the weight belongs to (and is saved with) embed_action.
+        self._embed = [embed_action]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., h) → actions (..., act) in [-1, 1]."""
+        return torch.tanh(x @ self._embed[0].weight)  # (h, act) weight of Linear(act, h)
+
+
 class DecisionTransformer(nn.Module):
     """Predicts a_t from (R̂, s, a) tokens up to s_t."""
 
@@ -77,8 +95,11 @@ class DecisionTransformer(nn.Module):
         self.embed_ln = nn.LayerNorm(h)
         self.backbone = backbone
         # Discrete actions: logits for a cross-entropy loss; continuous: tanh into [-1, 1].
-        self.predict_action = (nn.Linear(h, args.act_dim) if args.discrete_actions
-                               else nn.Sequential(nn.Linear(h, args.act_dim), nn.Tanh()))
+        if args.action_head == "tied":
+            self.predict_action: nn.Module = TiedActionHead(self.embed_action)
+        else:
+            self.predict_action = (nn.Linear(h, args.act_dim) if args.discrete_actions
+                                   else nn.Sequential(nn.Linear(h, args.act_dim), nn.Tanh()))
 
     def embed(
         self,
@@ -96,20 +117,42 @@ class DecisionTransformer(nn.Module):
         ``state_tokens`` (B, K, h): ``embed_state(states)`` computed earlier (an evaluator
         encodes each new frame stack once); ``states`` is then ignored.
         """
+        tokens, _ = self._embed(states, actions, returns_to_go, timesteps, state_tokens)
+        return tokens, mask.repeat_interleave(3, dim=1)  # (B, 3K, h), (B, 3K)
+
+    def embed_untimed(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`embed`, plus LN(token) without the timestep (B, 3K, h): what Reid's
+        released λ1 loss compares with the clusters (``all_embs``)."""
+        tokens, untimed = self._embed(states, actions, returns_to_go, timesteps, None, untimed=True)
+        return tokens, mask.repeat_interleave(3, dim=1), untimed
+
+    def _embed(self, states, actions, returns_to_go, timesteps, state_tokens, untimed: bool = False):
         b, k = timesteps.shape
         timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
         time = self.embed_timestep(timesteps)  # (B, K, h)
         # Returns-to-go in fp32 even under bf16 autocast: bf16 keeps 8 significant bits, so
         # Atari's unscaled targets 13990, 14000 and 14025 would all become 14016.
         with torch.autocast(returns_to_go.device.type, enabled=False):
-            r = self.embed_return(returns_to_go.to(self.embed_return.weight.dtype)) + time  # (B, K, h)
-        s = (self.embed_state(states) if state_tokens is None else state_tokens) + time  # (B, K, h)
-        a = self.embed_action(actions) + time  # (B, K, h)
+            r = self.embed_return(returns_to_go.to(self.embed_return.weight.dtype))  # (B, K, h)
+        s = self.embed_state(states) if state_tokens is None else state_tokens  # (B, K, h)
+        a = self.embed_action(actions)  # (B, K, h)
         # Interleave per step: (B, K, 3, h) → (B, 3K, h) = R̂_1, s_1, a_1, R̂_2, ...
-        tokens = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.args.n_embd)
-        tokens = self.embed_ln(tokens)
-        token_mask = mask.repeat_interleave(3, dim=1)  # (B, 3K)
-        return tokens, token_mask
+        raw = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.args.n_embd)
+        time = time.repeat_interleave(3, dim=1)  # (B, 3K, h)
+        if self.args.ln_order == "ln_then_time":
+            # Reid's code: LN(token), then the timestep (or the LM's positions) added as
+            # GPT-2 adds its own positions.
+            normed = self.embed_ln(raw)
+            return normed + time, normed
+        tokens = self.embed_ln(raw + time)  # the original DT: LN(token + timestep)
+        return tokens, (self.embed_ln(raw) if untimed else None)
 
     def predict(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """Embedded tokens (B, 3K, h) and their mask (B, 3K) → predicted actions (B, K, act)."""

@@ -72,6 +72,18 @@ class RunContext:
     """Ray node id of this process, when it runs under Ray (recorded in run_info.json)."""
 
 
+STREAMS = {"windows": 0, "text": 1, "resumed_windows": 2, "resumed_text": 3}
+"""The random streams of one rank of a run, each with its own seed (:func:`stream_seed`)."""
+
+
+def stream_seed(seed: int, rank: int, stream: str, step: int = 0) -> int:
+    """The seed of one random stream of one rank, from ``SeedSequence([seed, rank, stream,
+    step])``: streams never share a seed (a sum such as seed·1009 + rank + 1 made rank r's
+    text stream rank r+1's window stream)."""
+    state = np.random.SeedSequence([seed, rank, STREAMS[stream], step]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))  # < 2^63: any torch generator takes it
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -171,8 +183,14 @@ class Objective(nn.Module):
         self.register_buffer("centers", centers)
 
     def forward(self, batch: Batch, text: torch.Tensor | None, lambda1: float, lambda2: float) -> dict[str, torch.Tensor]:
-        tokens, token_mask = self.model.embed(batch.states, batch.actions, batch.returns_to_go,
-                                              batch.timesteps, batch.mask)  # (B, 3K, h), (B, 3K)
+        untimed = None
+        if self.centers is not None and self.variant != "paper":
+            # Reid's code compares LN(token), before the timestep is added, with the clusters.
+            tokens, token_mask, untimed = self.model.embed_untimed(
+                batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
+        else:
+            tokens, token_mask = self.model.embed(batch.states, batch.actions, batch.returns_to_go,
+                                                  batch.timesteps, batch.mask)  # (B, 3K, h), (B, 3K)
         pred = self.model.predict(tokens, token_mask)  # (B, K, act)
         # The losses in fp32 whatever the forward's autocast: autocast would run the cosine
         # loss's matmuls in bf16 even on fp32 inputs.
@@ -180,7 +198,10 @@ class Objective(nn.Module):
             out = {"action": action_loss(pred.float(), batch.actions, batch.mask)}
             total = out["action"]
             if self.centers is not None:
-                out["cos"] = cosine_cluster_loss(tokens.float(), self.centers.float(), token_mask, self.variant)
+                if untimed is None:  # the paper: the tokens the backbone sees, real ones only
+                    out["cos"] = cosine_cluster_loss(tokens.float(), self.centers.float(), token_mask, "paper")
+                else:  # the released code: every token, padding included
+                    out["cos"] = cosine_cluster_loss(untimed.float(), self.centers.float(), None, self.variant)
                 total = total + lambda1 * out["cos"]
         if text is not None:
             out["lm"] = self.model.backbone.lm_loss(text)
@@ -251,7 +272,7 @@ class Trainer:
         if ctx.world_size > 1 and dist.is_initialized():
             self.wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.eval.timeout_s))
         # Different windows on every rank; the seed stays a function of (seed, rank).
-        seed = cfg.train.seed * 1009 + ctx.rank
+        seed = stream_seed(cfg.train.seed, ctx.rank, "windows")
         self.sampler = (
             FrameWindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, device=ctx.device, seed=seed)
             if atari else
@@ -260,7 +281,7 @@ class Trainer:
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                           **optimizer_options(ctx.device.type))
+                                           eps=cfg.optim.eps, **optimizer_options(ctx.device.type))
         if ctx.device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls autocast leaves (10-bit mantissa inputs,
             # fp32 accumulation): PyTorch's recommended setting for training on Ampere and later.
@@ -325,7 +346,7 @@ class Trainer:
         # Draw block+1 ids: the LM loss predicts ids[1:] from ids[:-1].
         if loss.lambda2 > 0:
             self.text = TextSampler(train_ids, block, device=self.ctx.device,
-                                    seed=cfg.train.seed * 1009 + self.ctx.rank + 1)
+                                    seed=stream_seed(cfg.train.seed, self.ctx.rank, "text"))
             if cfg.model.freeze == "none":
                 backbone.token_embeddings.weight.requires_grad_(True)  # the tied head learns too
         held = TextSampler(held_ids, min(block, len(held_ids) - 2), device=self.ctx.device)
@@ -440,7 +461,7 @@ class Trainer:
         notes = set_rng_state(payload["rng"])
         # Each rank continues its own window stream: rank r draws a fresh stream seeded by
         # (seed, rank, step) since only rank 0's generator state is in the checkpoint.
-        fresh = self.config.train.seed * 1009 + self.ctx.rank + 7919 * self.step
+        fresh = stream_seed(self.config.train.seed, self.ctx.rank, "resumed_windows", self.step)
         if self.ctx.rank == 0:
             notes.append(restore_generator(self.sampler.generator, payload["sampler_rng"], fresh, "window sampler"))
         else:
@@ -451,8 +472,12 @@ class Trainer:
         self.evals_since_best = int(payload["evals_since_best"])
         if payload.get("cluster_centers") is not None:
             self.objective.centers = payload["cluster_centers"].to(self.ctx.device)
-        if self.text is not None and payload.get("text_rng") is not None and self.ctx.rank == 0:
-            notes.append(restore_generator(self.text.generator, payload["text_rng"], fresh + 1, "text sampler"))
+        if self.text is not None:
+            text_fresh = stream_seed(self.config.train.seed, self.ctx.rank, "resumed_text", self.step)
+            if self.ctx.rank == 0 and payload.get("text_rng") is not None:
+                notes.append(restore_generator(self.text.generator, payload["text_rng"], text_fresh, "text sampler"))
+            else:
+                self.text.generator.manual_seed(text_fresh)
         return [n for n in notes if n]
 
     # ----------------------------------------------------------------------------------

@@ -107,7 +107,13 @@ class ModelConfig:
     """time_then_ln: LN(token + timestep) as the original DT; ln_then_time: LN(token) + timestep as Reid's code."""
     action_head: Literal["linear", "tied"] = "linear"
     """linear: tanh(Linear(h)) as the original DT; tied: tanh(h·W_action) with the action embedding's weight, no bias (Reid's run.sh)."""
-    activation: Literal["relu", "gelu_new"] = "relu"
+    time_embedding: Literal["per_step", "global_local"] = "per_step"
+    """per_step: each step's timestep embedding on its tokens (DT Gym); global_local: the window's first timestep plus a learned per-token position (DT Atari)."""
+    embed_tanh: bool = False
+    """tanh on the return and action embeddings (DT Atari's model)."""
+    embed_ln: bool = True
+    """LayerNorm on the input tokens (DT Gym; DT Atari has none)."""
+    activation: Literal["relu", "gelu_new", "gelu"] = "relu"
     """MLP activation of a randomly initialised backbone (Reid Table 7: ReLU)."""
     positions: Literal["timestep", "pretrained", "random"] = "timestep"
     """Timestep table: timestep = a fresh nn.Embedding, N(0, 1) (DT; Reid's code without --extend_positions); pretrained = the LM's position table (Reid's extension past its end); random = the LM table's shape at N(0, 0.02)."""
@@ -134,6 +140,16 @@ class OptimConfig:
     """Steps of linear learning-rate warm-up from 0 (Reid Table 7: 5000; released code: 10000)."""
     eps: float = positive(1e-8)
     """AdamW epsilon (PyTorch's 1e-8; Reid's released code: 1e-6)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (β1, β2) (PyTorch's; DT Atari: 0.9, 0.95)."""
+    decay: Literal["all", "matmul_weights"] = "all"
+    """Which parameters weight decay applies to: all (Reid, DT Gym) or Linear/Conv weights only (DT Atari)."""
+    schedule: Literal["warmup", "warmup_cosine"] = "warmup"
+    """warmup: linear warm-up, then constant (DT Gym, Reid); warmup_cosine: then cosine decay to min_lr_ratio (DT Atari)."""
+    decay_steps: int | None = optional_positive()
+    """warmup_cosine: step at which the cosine reaches min_lr_ratio; null: train.steps."""
+    min_lr_ratio: float = checked(0.1, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+    """warmup_cosine: floor of the learning rate as a fraction of optim.lr (DT Atari: 0.1)."""
     grad_clip: float = nonnegative(0.25)
     """Maximum global gradient norm; 0 disables clipping (released code: 0.25)."""
 
@@ -284,7 +300,7 @@ def type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else type_name(a) for a in args)
     if origin is tuple:
-        return f"a list of {type_name(args[0])}"
+        return f"a list of {type_name(args[0])}" if Ellipsis in args else f"a list of {len(args)} × {type_name(args[0])}"
     return {bool: "true|false", int: "an integer", float: "a number", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -320,6 +336,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         raise _Invalid
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
+        if Ellipsis not in args and len(items) != len(args):  # a fixed-length tuple
+            raise _Invalid
         return tuple(_coerce(v, args[0]) for v in items)
     if tp is bool:
         if isinstance(value, bool):

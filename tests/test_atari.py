@@ -88,7 +88,7 @@ def test_atari_run_trains_evaluates_and_reloads(tmp_path):
     assert out["step"] == 4 and "train/action_ce" in out
     assert out["eval/rtg20/length_mean"] == 30  # capped games
     # gamer-normalized: 100 · (return + 20.7) / 35.3
-    assert out["eval/normalized_score"] == pytest.approx(100 * (out["eval/return_mean"] + 20.7) / 35.3)
+    assert out["eval/normalized_score"] == pytest.approx(100 * (out["eval/return_mean"] + 21.0) / 36.0)
     again = evaluate_checkpoint(tmp_path, episodes=1, targets=[5.0], log=lambda _: None)
     assert "eval/rtg5/normalized_score" in again
 

@@ -209,3 +209,14 @@ def test_recipes_resolve_to_the_paper_and_the_released_values():
     assert (code.model.ln_order, code.model.action_head, code.model.positions) == ("ln_then_time", "tied", "pretrained")
     assert (code.loss.lambda1, code.loss.cosine_variant, code.loss.lambda_schedule) == (0.1, "as_coded", "sigmoid")
     assert (code.train.eval_every, code.eval.episodes, code.data.context_length, code.train.batch_size) == (2500, 100, 20, 64)
+
+
+def test_dt_atari_recipe_resolves_to_the_released_values():
+    atari = load_config(REPO / "tune_specs/base/dt_atari.yaml")
+    assert (atari.model.n_embd, atari.model.n_head, atari.model.n_layer, atari.model.activation) == (128, 8, 6, "gelu")
+    assert (atari.model.time_embedding, atari.model.embed_tanh, atari.model.embed_ln) == ("global_local", True, False)
+    assert (atari.optim.lr, atari.optim.betas, atari.optim.weight_decay, atari.optim.decay) == (6e-4, (0.9, 0.95), 0.1, "matmul_weights")
+    assert (atari.optim.schedule, atari.optim.min_lr_ratio, atari.optim.grad_clip) == ("warmup_cosine", 0.1, 1.0)
+    assert (atari.data.context_length, atari.train.batch_size, atari.data.reward_scale) == (30, 128, 1.0)
+    with pytest.raises(ConfigError, match="optim.betas.*2 × a number"):
+        load_config(REPO / "tune_specs/base/dt_atari.yaml", ["optim.betas=[0.9]"])

@@ -260,3 +260,26 @@ def test_dropout_rates_reach_the_backbone_config():
     assert (config.resid_pdrop, config.attn_pdrop, config.embd_pdrop) == (0.2, 0.1, 0.05)
     plain = tiny_model(cfg=replace(TINY, dropout=0.3)).backbone.hf.config
     assert (plain.resid_pdrop, plain.attn_pdrop, plain.embd_pdrop) == (0.3, 0.3, 0.3)
+
+
+def test_dt_atari_embeddings_one_timestep_per_window_and_positions_from_the_first_real_step():
+    from dataclasses import replace
+
+    cfg = replace(TINY, time_embedding="global_local", embed_tanh=True, embed_ln=False)
+    model = tiny_model(cfg=cfg).eval()
+    with torch.no_grad():
+        model.local_position.normal_()  # DT starts it at zeros; give it values to check
+    batch = random_batch(b=2, k=4)
+    batch["timesteps"] = torch.tensor([[7, 8, 9, 10], [0, 0, 40, 41]])
+    batch["mask"][1, :2] = False  # window 1: two left-padded steps, real steps from t = 40
+    tokens, _ = model.embed(**batch)
+    with torch.no_grad():
+        r = torch.tanh(model.embed_return(batch["returns_to_go"]))
+        s = model.embed_state(batch["states"])
+        a = torch.tanh(model.embed_action(batch["actions"]))
+        raw = torch.stack((r, s, a), dim=2).reshape(2, 12, 32)
+        # DT Atari: global_pos_emb[t of the window's first step] + pos_emb[token index from it]
+        full = raw[0] + model.embed_timestep.weight[7] + model.local_position[0, :12]
+        padded_real = raw[1, 6:] + model.embed_timestep.weight[40] + model.local_position[0, :6]
+    torch.testing.assert_close(tokens[0], full)
+    torch.testing.assert_close(tokens[1, 6:], padded_real)  # real tokens count positions from 0

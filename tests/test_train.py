@@ -152,3 +152,29 @@ def test_random_streams_never_share_a_seed():
     assert len(set(seeds)) == len(seeds)  # e.g. rank 0's text stream is not rank 1's windows
     assert stream_seed(3, 1, "text") == stream_seed(3, 1, "text")  # deterministic
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_dt_atari_optimiser_groups_and_cosine_schedule():
+    import math
+
+    from raydt.config import OptimConfig
+    from raydt.train.loop import lr_schedule, param_groups
+    from tests.test_model import TINY, tiny_model
+
+    model = tiny_model(cfg=TINY)
+    decayed, rest = param_groups(model, "matmul_weights", 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("weight") for p in decayed["params"])
+    assert {"embed_timestep.weight", "embed_ln.weight", "embed_return.bias"} <= {names[id(p)] for p in rest["params"]}
+    assert "backbone.hf.h.0.attn.c_attn.weight" in {names[id(p)] for p in decayed["params"]}  # GPT-2's Conv1D
+    assert len(decayed["params"]) + len(rest["params"]) == sum(1 for p in model.parameters() if p.requires_grad)
+    (everything,) = param_groups(model, "all", 1e-4)
+    assert len(everything["params"]) == len(decayed["params"]) + len(rest["params"])
+    # trainer_atari.py: linear warm-up, then 0.5·(1 + cos(π·progress)), floored at 0.1.
+    f = lr_schedule(OptimConfig(schedule="warmup_cosine", warmup_steps=10, decay_steps=110, min_lr_ratio=0.1), 1000)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(100) == pytest.approx(max(0.1, 0.5 * (1 + math.cos(math.pi * 0.9))))
+    assert f(110) == f(500) == pytest.approx(0.1)  # stays at the floor
+    assert lr_schedule(OptimConfig(warmup_steps=4), 100)(50) == 1.0  # warmup only: constant after

@@ -68,6 +68,9 @@ def build_model(
         frame_stack=frame_stack,
         ln_order=cfg.ln_order,
         action_head=cfg.action_head,
+        time_embedding=cfg.time_embedding,
+        embed_tanh=cfg.embed_tanh,
+        embed_ln=cfg.embed_ln,
     )
     model = DecisionTransformer(args, backbone)
     if cfg.positions == "pretrained":

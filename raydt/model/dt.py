@@ -42,6 +42,12 @@ class ModelArgs:
     """time_then_ln: LN(token + time) (original DT); ln_then_time: LN(token) + time (Reid's code)."""
     action_head: str = "linear"
     """linear: its own Linear + tanh; tied: tanh(h·W) with the action embedding's weight W (Reid's run.sh)."""
+    time_embedding: str = "per_step"
+    """per_step: each step's timestep table row; global_local: the window's first timestep + a per-token position (DT Atari)."""
+    embed_tanh: bool = False
+    """tanh on the return and action embeddings (DT Atari)."""
+    embed_ln: bool = True
+    """LayerNorm on the input tokens (DT Atari has none)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,7 +98,11 @@ class DecisionTransformer(nn.Module):
         self.embed_return = nn.Linear(1, h)
         self.embed_state = NatureCNN(args.frame_stack, h) if args.frame_stack else nn.Linear(args.obs_dim, h)
         self.embed_action = nn.Embedding(args.act_dim, h) if args.discrete_actions else nn.Linear(args.act_dim, h)
-        self.embed_ln = nn.LayerNorm(h)
+        # DT Atari's embeddings: tanh on returns and actions, no LayerNorm, and a learned
+        # position per token of the window (zeros at first) beside the global timestep.
+        self.embed_ln = nn.LayerNorm(h) if args.embed_ln else nn.Identity()
+        if args.time_embedding == "global_local":
+            self.local_position = nn.Parameter(torch.zeros(1, 3 * args.context_length, h))
         self.backbone = backbone
         # Discrete actions: logits for a cross-entropy loss; continuous: tanh into [-1, 1].
         if args.action_head == "tied":
@@ -117,7 +127,7 @@ class DecisionTransformer(nn.Module):
         ``state_tokens`` (B, K, h): ``embed_state(states)`` computed earlier (an evaluator
         encodes each new frame stack once); ``states`` is then ignored.
         """
-        tokens, _ = self._embed(states, actions, returns_to_go, timesteps, state_tokens)
+        tokens, _ = self._embed(states, actions, returns_to_go, timesteps, state_tokens, mask=mask)
         return tokens, mask.repeat_interleave(3, dim=1)  # (B, 3K, h), (B, 3K)
 
     def embed_untimed(
@@ -130,22 +140,31 @@ class DecisionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`embed`, plus LN(token) without the timestep (B, 3K, h): what Reid's
         released λ1 loss compares with the clusters (``all_embs``)."""
-        tokens, untimed = self._embed(states, actions, returns_to_go, timesteps, None, untimed=True)
+        tokens, untimed = self._embed(states, actions, returns_to_go, timesteps, None, untimed=True, mask=mask)
         return tokens, mask.repeat_interleave(3, dim=1), untimed
 
-    def _embed(self, states, actions, returns_to_go, timesteps, state_tokens, untimed: bool = False):
+    def _embed(self, states, actions, returns_to_go, timesteps, state_tokens, untimed: bool = False, mask=None):
         b, k = timesteps.shape
         timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
-        time = self.embed_timestep(timesteps)  # (B, K, h)
         # Returns-to-go in fp32 even under bf16 autocast: bf16 keeps 8 significant bits, so
         # Atari's unscaled targets 13990, 14000 and 14025 would all become 14016.
         with torch.autocast(returns_to_go.device.type, enabled=False):
             r = self.embed_return(returns_to_go.to(self.embed_return.weight.dtype))  # (B, K, h)
         s = self.embed_state(states) if state_tokens is None else state_tokens  # (B, K, h)
         a = self.embed_action(actions)  # (B, K, h)
+        if self.args.embed_tanh:
+            r, a = torch.tanh(r), torch.tanh(a)
         # Interleave per step: (B, K, 3, h) → (B, 3K, h) = R̂_1, s_1, a_1, R̂_2, ...
         raw = torch.stack((r, s, a), dim=2).reshape(b, 3 * k, self.args.n_embd)
-        time = time.repeat_interleave(3, dim=1)  # (B, 3K, h)
+        if self.args.time_embedding == "global_local":
+            # DT Atari: one timestep per window, its first real step's, plus a learned
+            # position per token counted from that step (raydt left-pads: shift by the pad).
+            first = timesteps.gather(1, mask.long().argmax(dim=1, keepdim=True))  # (B, 1)
+            pad = 3 * (k - mask.sum(dim=1, keepdim=True))  # (B, 1) padded tokens
+            local = (torch.arange(3 * k, device=timesteps.device)[None, :] - pad).clamp(min=0)  # (B, 3K)
+            time = self.embed_timestep(first) + self.local_position[0, local]  # (B, 3K, h)
+        else:
+            time = self.embed_timestep(timesteps).repeat_interleave(3, dim=1)  # (B, 3K, h)
         if self.args.ln_order == "ln_then_time":
             # Reid's code: LN(token), then the timestep (or the LM's positions) added as
             # GPT-2 adds its own positions.

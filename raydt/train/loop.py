@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raydt.config import RunConfig, to_dict, to_yaml
+from raydt.config import OptimConfig, RunConfig, to_dict, to_yaml
 from raydt.data.atari import game_from_env_id
 from raydt.data.dqn_replay import STACK, AtariTrajectories
 from raydt.data.sampler import Batch, FrameWindowSampler, WindowSampler
@@ -111,6 +111,40 @@ def use_bf16(precision: str, device_type: str, capability: tuple[int, int] | Non
 def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
     """DT's schedule: the learning rate rises linearly to its peak over ``warmup_steps``."""
     return lambda step: min((step + 1) / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+
+
+def lr_schedule(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor at each step: ``warmup`` (DT Gym, Reid) rises linearly over
+    ``optim.warmup_steps`` and stays; ``warmup_cosine`` (DT Atari, trainer_atari.py) then
+    follows half a cosine down to ``optim.min_lr_ratio`` at ``optim.decay_steps`` (null:
+    the run's last step) and stays there (DT's own formula would rise again past it; its
+    runs stop before)."""
+    warm = warmup_schedule(optim.warmup_steps)
+    if optim.schedule == "warmup":
+        return warm
+    end = optim.decay_steps or total_steps
+
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return warm(step)
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, end - optim.warmup_steps))
+        return max(optim.min_lr_ratio, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def param_groups(model: nn.Module, decay: str, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters as AdamW groups: ``all`` decays every one (Reid, DT Gym);
+    ``matmul_weights`` only the weights of Linear, Conv and GPT-2's Conv1D layers, not
+    biases, norms, embedding tables or positions (DT Atari, model_atari.py)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if decay == "all":
+        return [{"params": trainable, "weight_decay": weight_decay}]
+    from transformers.pytorch_utils import Conv1D
+
+    matmul = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, Conv1D))}
+    return [{"params": [p for p in trainable if id(p) in matmul], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if id(p) not in matmul], "weight_decay": 0.0}]
 
 
 @dataclass
@@ -279,15 +313,15 @@ class Trainer:
             WindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, cfg.data.normalize_states,
                           device=ctx.device, seed=seed)
         )
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                           eps=cfg.optim.eps, **optimizer_options(ctx.device.type))
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.decay, cfg.optim.weight_decay),
+                                           lr=cfg.optim.lr, eps=cfg.optim.eps, betas=cfg.optim.betas,
+                                           **optimizer_options(ctx.device.type))
         if ctx.device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls autocast leaves (10-bit mantissa inputs,
             # fp32 accumulation): PyTorch's recommended setting for training on Ampere and later.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_schedule(cfg.optim.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg.optim, cfg.train.steps))
         self.setup_seconds = time.time() - self._started
 
     def _wrap(self, text_in_use: bool) -> nn.Module:

@@ -208,6 +208,8 @@ class LossConfig:
     """How λ1 and λ2 decay: linear to 0 at lambda_decay_steps (paper), sigmoid as coded, or constant."""
     lambda_decay_steps: int = positive(5000)
     """Steps over which the schedule takes λ1 and λ2 to 0 (paper: 5000)."""
+    lambda2_schedule: Literal["with_lambda1", "constant"] = "with_lambda1"
+    """λ2 follows λ1's schedule (paper) or stays constant (Reid's released LM co-training trainer)."""
     text: str = "wikitext-103"
     """Text for L_LM: wikitext-103 (needs the network once), text:/path/to/file-or-dir, gcide:[PATH], pydoc:."""
     lm_batch_size: int = positive(16)

@@ -225,6 +225,7 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
     k = 5  # tiny_config's context length
     assert mi["step"] == 12 and mi["tokens"][:4] == ["R0", "s0", "a0", "R1"] and mi["tokens"][-1] == f"s{k - 1}"
     assert set(mi["blocks"]) == {"shallow", "middle", "deep"} and mi["representation"] == "mlp"  # Takagi's T_l
+    assert mi["mine_preset"] == "raydt"
     assert [v["block"] for v in mi["blocks"].values()] == [0, 1, 1]
     assert all(len(v["I_XT"]) == len(v["I_YT"]) == 3 * k - 1 for v in mi["blocks"].values())
     assert (tmp_path / "analysis" / "mi.png").stat().st_size > 5_000
@@ -319,3 +320,16 @@ def test_takagi_gradient_protocol_is_the_clipped_per_window_gradient_of_the_bloc
     assert ours["parameters"] == blocks.shape[1] and ours["protocol"] == "takagi"
     np.testing.assert_allclose(ours["per_sample_norms"], expected.norm(dim=1).numpy(), rtol=1e-4)
     assert max(ours["per_sample_norms"]) <= 0.25 + 1e-6
+
+
+def test_takagi_mine_preset_recovers_the_known_information():
+    from raydt.analysis.mine import MINE_PRESETS
+
+    g = torch.Generator().manual_seed(2)
+    n, rho = 3000, 0.8
+    x = torch.randn(n, 1, generator=g)
+    y = rho * x + math.sqrt(1 - rho**2) * torch.randn(n, 1, generator=g)
+    exact = -0.5 * math.log(1 - rho**2)  # 0.511 nats
+    # 3 × 400 units, lr 1e-4, batch 50, the bound on the training samples (Takagi's settings).
+    est = mine_batched(x[None], y[None], steps=1000, **MINE_PRESETS["takagi"])
+    assert est.item() == pytest.approx(exact, abs=0.15)

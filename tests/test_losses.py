@@ -172,3 +172,18 @@ def test_as_coded_objective_uses_untimed_layer_norm_tokens_and_padding():
         all_embs = model.embed_ln(stacked)
     torch.testing.assert_close(out["cos"], naive_main_trainer(all_embs.double(), centers.double()).float(),
                                atol=1e-6, rtol=1e-5)
+
+
+def test_lambda2_constant_as_the_released_co_training_keeps_it():
+    from types import SimpleNamespace
+
+    from raydt.train.loop import Trainer
+    from tests.test_train import tiny_config
+
+    common = ("loss.lambda1=0.1", "loss.lambda2=0.2", "loss.lambda_schedule=sigmoid", "loss.lambda_decay_steps=15000")
+    at = lambda cfg, step: Trainer.lambdas(SimpleNamespace(config=cfg, step=step))  # noqa: E731
+    paper = tiny_config(*common)
+    coded = tiny_config(*common, "loss.lambda2_schedule=constant")
+    f = lambda_factor("sigmoid", 7500, 15000)
+    assert at(paper, 7500) == pytest.approx((0.1 * f, 0.2 * f)) and f == pytest.approx(0.5)
+    assert at(coded, 7500) == pytest.approx((0.1 * f, 0.2))  # λ1 anneals, λ2 stays

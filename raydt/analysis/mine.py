@@ -43,13 +43,15 @@ class _LogMeanExpEMA(torch.autograd.Function):
 
 
 class _BatchedStatistics(nn.Module):
-    """E independent MLPs ([x, y] → hidden → hidden → 1, ReLU) evaluated with bmm.
+    """E independent MLPs ([x, y] → hidden → … → 1, ``depth`` hidden layers, ReLU) evaluated
+    with bmm.
 
     The first layer is kept as its x and y halves: a joint and a marginal batch share the
     same x rows, so the x half is computed once for both.
     """
 
-    def __init__(self, estimates: int, dx: int, dy: int, hidden: int, generator: torch.Generator) -> None:
+    def __init__(self, estimates: int, dx: int, dy: int, hidden: int, generator: torch.Generator,
+                 depth: int = 2) -> None:
         super().__init__()
 
         def uniform(*shape: int, fan_in: int) -> nn.Parameter:
@@ -58,7 +60,8 @@ class _BatchedStatistics(nn.Module):
 
         self.w1x, self.w1y = uniform(dx, hidden, fan_in=dx + dy), uniform(dy, hidden, fan_in=dx + dy)
         self.b1 = uniform(1, hidden, fan_in=dx + dy)
-        self.w2, self.b2 = uniform(hidden, hidden, fan_in=hidden), uniform(1, hidden, fan_in=hidden)
+        self.ws = nn.ParameterList(uniform(hidden, hidden, fan_in=hidden) for _ in range(depth - 1))
+        self.bs = nn.ParameterList(uniform(1, hidden, fan_in=hidden) for _ in range(depth - 1))
         self.w3, self.b3 = uniform(hidden, 1, fan_in=hidden), uniform(1, 1, fan_in=hidden)
 
     def x_part(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +71,8 @@ class _BatchedStatistics(nn.Module):
     def forward(self, x_part: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x_part (E, B, hidden) from :meth:`x_part`, y (E, B, dy) → T (E, B)."""
         h = torch.relu(torch.baddbmm(x_part, y, self.w1y))  # (E, B, hidden)
-        h = torch.relu(torch.baddbmm(self.b2, h, self.w2))  # (E, B, hidden)
+        for w, b in zip(self.ws, self.bs):
+            h = torch.relu(torch.baddbmm(b, h, w))  # (E, B, hidden)
         return torch.baddbmm(self.b3, h, self.w3).squeeze(-1)  # (E, B)
 
 
@@ -86,6 +90,7 @@ def mine_batched(
     steps: int = 1000,
     batch_size: int = 256,
     hidden: int = 64,
+    depth: int = 2,
     lr: float = 1e-3,
     ema: float = 0.01,
     held_out: float = 0.2,
@@ -99,6 +104,7 @@ def mine_batched(
     samples; the bound reported is evaluated on the rest, with the marginal term averaged
     over ``shuffles`` permutations, so memorising the training pairs cannot inflate it.
     Negative estimates (no dependence the network could find) are reported as they are.
+    ``held_out=0`` trains and evaluates on all n samples (Takagi's code; see MINE_PRESETS).
     """
     if xs.ndim != 3 or ys.ndim != 3 or xs.shape[:2] != ys.shape[:2]:
         raise ValueError(f"mine_batched needs (E, n, dx) and (E, n, dy) with the same E and n; "
@@ -107,13 +113,16 @@ def mine_batched(
     g = torch.Generator().manual_seed(seed)
     xs, ys = _standardize(xs.float()), _standardize(ys.float())
     order = torch.randperm(n, generator=g)
-    n_test = max(2, int(round(n * held_out)))
-    test, train = order[:n_test], order[n_test:]
+    if held_out > 0:
+        n_test = max(2, int(round(n * held_out)))
+        test, train = order[:n_test], order[n_test:]
+    else:  # the bound on the training samples themselves, as Takagi's code reports it
+        n_test, test, train = n, order, order
     if len(train) < 2:
         raise ValueError(f"MINE needs more samples: {n} given")
     batch_size = min(batch_size, len(train))
 
-    net = _BatchedStatistics(e, xs.shape[2], ys.shape[2], hidden, g)
+    net = _BatchedStatistics(e, xs.shape[2], ys.shape[2], hidden, g, depth=depth)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     log_running = torch.zeros(e)  # log of the moving average of E_marginal[e^T]
     log_ema, log_keep = math.log(ema), math.log1p(-ema)
@@ -137,6 +146,15 @@ def mine_batched(
         marg = torch.stack([net(x_part, yt[:, torch.randperm(n_test, generator=g)])
                             for _ in range(shuffles)], dim=1).flatten(1)  # (E, shuffles·n_test)
         return joint - (torch.logsumexp(marg, dim=1) - math.log(marg.shape[1]))
+
+
+MINE_PRESETS: dict[str, dict[str, float]] = {
+    "raydt": {"hidden": 64, "depth": 2, "lr": 1e-3, "batch_size": 256, "held_out": 0.2},
+    # mine-pytorch as Takagi runs it (util_mi_calculation.py at 200abbe): [x, y] → 400 → 400
+    # → 400 → 1, Adam 1e-4, batch 50, and the bound reported on the samples it trained on.
+    "takagi": {"hidden": 400, "depth": 3, "lr": 1e-4, "batch_size": 50, "held_out": 0.0},
+}
+"""Estimator settings by name (``raydt analyze mi --mine-preset``)."""
 
 
 def mutual_information(x: torch.Tensor, y: torch.Tensor, **kwargs) -> float:

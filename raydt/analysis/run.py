@@ -170,7 +170,8 @@ def depth_blocks(n_blocks: int) -> dict[str, int]:
 
 
 def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int = 1000,
-       chunk: int = 128, seed: int = 0, log=lambda _msg: None, representation: str = "mlp") -> dict[str, Any]:
+       chunk: int = 128, seed: int = 0, log=lambda _msg: None, representation: str = "mlp",
+       preset: str = "raydt") -> dict[str, Any]:
     """Takagi's MINE estimates at one checkpoint, for the shallow, middle and deep blocks:
     I(X;T) = I(x_t; T_l(s_K)), how much of the input at token t reaches the last state
     token, and I(Y;T) = I(a_K; T_l(x_t)), how much of the action to predict token t's
@@ -180,8 +181,10 @@ def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int 
     before the residual add) with ``representation="mlp"``; ``"residual"`` measures the
     block's output (the residual stream, which also carries the skip path: higher values).
     """
-    from raydt.analysis.mine import mine_batched
+    from raydt.analysis.mine import MINE_PRESETS, mine_batched
 
+    if preset not in MINE_PRESETS:
+        raise ConfigError(f"--mine-preset {preset!r}: use one of {', '.join(MINE_PRESETS)}")
     if representation not in ("mlp", "residual"):
         raise ConfigError(f"--representation {representation!r}: use mlp (Takagi's) or residual")
     model, payload = load_model_at(run_dir, step)
@@ -207,8 +210,8 @@ def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int 
         log(f"MINE: estimates {start + 1}-{start + len(part)} of {len(pairs)}")
         xs = torch.stack([x for x, _ in part])  # (E, n, w)
         ys = torch.stack([y for _, y in part])  # (E, n, h)
-        estimates += mine_batched(xs, ys, steps=steps, seed=seed + start).tolist()
-    out: dict[str, Any] = {"step": payload["step"], "windows": n, "mine_steps": steps, "representation": representation,
+        estimates += mine_batched(xs, ys, steps=steps, seed=seed + start, **MINE_PRESETS[preset]).tolist()
+    out: dict[str, Any] = {"step": payload["step"], "windows": n, "mine_steps": steps, "representation": representation, "mine_preset": preset,
                            "tokens": token_names(k)[:positions], "blocks": {}}
     for i, (depth, block) in enumerate(depths.items()):
         values = estimates[2 * i * positions:2 * (i + 1) * positions]

@@ -390,7 +390,7 @@ class Trainer:
         """(λ1, λ2) in force at the current step."""
         loss = self.config.loss
         factor = lambda_factor(loss.lambda_schedule, self.step, loss.lambda_decay_steps)
-        return loss.lambda1 * factor, loss.lambda2 * factor
+        return loss.lambda1 * factor, loss.lambda2 * (factor if loss.lambda2_schedule == "with_lambda1" else 1.0)
 
     # ----------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from raydt.config import RunConfig, leaf_fields
@@ -114,6 +115,7 @@ def seed_pretrained_cache(sweep_file, overrides):
             (run_dir / "done").write_text("{}")
 
 
+@pytest.mark.slow
 def test_every_raydt_command_in_the_readme_runs(tmp_path):
     """Each README command runs as shown, long jobs shrunk to seconds with extra --set
     overrides and run/sweep directories redirected to a temporary folder."""

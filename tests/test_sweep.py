@@ -47,6 +47,7 @@ def raydt_sweep(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_tiny_sweep_runs_every_trial_and_reports(tmp_path):
     spec = tiny_sweep(tmp_path, seeds=2)
     assert load_sweep(spec).num_trials == 2
@@ -77,6 +78,7 @@ def test_tiny_sweep_runs_every_trial_and_reports(tmp_path):
     assert 0 < eff["train_and_eval_share"] < 1 and 0 <= eff["sweep_idle_share"] < 1
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     # One trial at a time, so the interruption finds one finished and one under way.
     spec = tiny_sweep(tmp_path, seeds=3, steps=40, extra="max_concurrent: 1")
@@ -151,6 +153,7 @@ def test_sweep_on_a_two_node_cluster_places_trials_on_both(tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_a_failing_trial_ends_in_error_and_the_sweep_goes_on(tmp_path):
     # The second trial names a backbone directory that does not exist: it fails inside the
     # trial, the other trial finishes, and the summary names the failure.

@@ -33,6 +33,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_two_workers_hold_identical_weights(local_ray, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -52,6 +53,7 @@ def test_two_workers_hold_identical_weights(local_ray, tmp_path):
     assert len(rows) == 4  # rank 0 alone writes the sinks: steps 2, 4, 6, 8
 
 
+@pytest.mark.slow
 def test_train_command_on_ray(local_ray, tmp_path):
     from raydt.train.driver import run_training
 

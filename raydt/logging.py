@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from raydt.errors import DataError
 from raydt.fsutil import atomic_write_text
 
 
@@ -75,10 +77,31 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(kept))
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file."""
+def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl`` file.
+
+    A last line that does not parse is what a run killed mid-write leaves: it is skipped,
+    and ``warn`` (default: stderr) says so, naming the file. A bad line before the last
+    is damage nobody should paper over: a :class:`DataError` naming the file and the line.
+    """
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    rows = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                (warn or _stderr)(f"warning: {path}: skipped its last line ({number}), cut off mid-write "
+                                  "(the run stopped while logging)")
+                break
+            raise DataError(f"{path}, line {number}: not a JSON row ({exc.msg}); repair or delete "
+                            "that line (every row is one JSON object)") from None
+    return rows
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 class TensorBoardSink(Sink):

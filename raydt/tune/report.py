@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from raydt.errors import RaydtError
+from raydt.errors import DataError, RaydtError
 from raydt.logging import read_metrics
 
 SEED_KEY = "train.seed"
@@ -62,7 +63,11 @@ def find_runs(root: Path, metric: str = METRIC) -> list[Trial]:
     for cfg_file in sorted(root.rglob("config.resolved.yaml")):
         run_dir = cfg_file.parent
         metrics_file = run_dir / "metrics.jsonl"
-        rows = read_metrics(metrics_file) if metrics_file.exists() else []
+        try:
+            rows = read_metrics(metrics_file) if metrics_file.exists() else []
+        except DataError as exc:  # one damaged trial: say which, report the others
+            print(f"warning: {exc}; reporting this run without its metrics", file=sys.stderr)
+            rows = []
         config = _flatten(yaml.safe_load(cfg_file.read_text()) or {})
         name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
         trials.append(Trial(name, run_dir, config, [r for r in rows if metric in r]))

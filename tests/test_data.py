@@ -305,3 +305,41 @@ def test_minari_dataset_written_in_the_test_loads_with_right_counts():
 def test_missing_minari_dataset_says_how_to_fetch():
     with pytest.raises(DataError, match=r"minari:mujoco/hopper/medium-v0: not found locally.*minari download"):
         load_dataset("minari:mujoco/hopper/medium-v0")
+
+
+def _d4rl_file(path, n=40, obs=11, act=3, **override):
+    from raydt.data.d4rl import write_d4rl_hdf5
+
+    arrays = {"observations": np.zeros((n, obs), np.float32), "actions": np.zeros((n, act), np.float32),
+              "rewards": np.ones(n, np.float32), "terminals": np.eye(1, n, n - 1, dtype=bool)[0],
+              "timeouts": np.zeros(n, bool)}
+    arrays.update(override)
+    write_d4rl_hdf5(path, arrays)
+    return path
+
+
+def test_non_finite_values_are_refused_at_load_naming_file_array_and_index(tmp_path):
+    from raydt.data.sources import load_dataset
+    from raydt.errors import DataError
+
+    obs = np.zeros((40, 11), np.float32)
+    obs[7, 2] = np.nan
+    path = _d4rl_file(tmp_path / "nan.hdf5", observations=obs)
+    with pytest.raises(DataError, match=r"nan.hdf5.*observations\[7, 2\] is nan \(1 non-finite"):
+        load_dataset(f"d4rl:{path}")
+    rewards = np.ones(40, np.float32)
+    rewards[30] = np.inf
+    with pytest.raises(DataError, match=r"rewards\[30\] is inf"):
+        load_dataset(f"d4rl:{_d4rl_file(tmp_path / 'inf.hdf5', rewards=rewards)}")
+
+
+def test_a_dataset_that_does_not_fit_the_evaluation_environment_is_refused_before_training(tmp_path):
+    from raydt.config import load_config
+    from raydt.errors import ConfigError
+    from raydt.train.loop import resolve_run_data
+
+    path = _d4rl_file(tmp_path / "cheetah_shaped.hdf5", obs=17, act=6)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "tune_specs/runs/hopper_medium_dt.yaml",
+                      [f"data.dataset=d4rl:{path}", "eval.env_id=Hopper-v4"])
+    with pytest.raises(ConfigError, match=r"observations have 17 values and its actions 6, but Hopper-v4.*11 and 3"):
+        resolve_run_data(cfg, log=lambda _: None)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from raydt.data.tasks import Task, task_from_env_id
+from raydt.errors import DataError
 
 
 def episode_bounds(ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -91,6 +92,15 @@ class Trajectories:
                 raise ValueError(f"{name} has {getattr(self, name).shape[0]} rows, observations {n}")
         if int(self.lengths.sum()) != n:
             raise ValueError(f"episode lengths sum to {int(self.lengths.sum())}, not {n}")
+        # NaN or inf here would surface only as "training diverged" much later.
+        for name in ("observations", "actions", "rewards"):
+            bad = ~np.isfinite(getattr(self, name))
+            if bad.any():
+                first = np.argwhere(bad)[0]
+                where = f"[{', '.join(str(int(i)) for i in first)}]"
+                raise DataError(f"dataset {self.source or '(unnamed)'}: {name}{where} is "
+                                f"{getattr(self, name)[tuple(first)]} ({int(bad.sum())} non-finite values in "
+                                f"{name}); clean the file or regenerate the dataset")
         # Derived once: every later consumer (sampler, statistics, info) reads these.
         self.episode_ids = segment_ids(self.lengths)  # (N,)
         self.timesteps = np.arange(n, dtype=np.int64) - np.repeat(self.starts, self.lengths)  # (N,)

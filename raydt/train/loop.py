@@ -175,6 +175,12 @@ def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunD
         )
     task = task_from_env_id(env_id)
     game = game_from_env_id(env_id)
+    if task is not None and not isinstance(traj, AtariTrajectories) and (traj.obs_dim, traj.act_dim) != (task.obs_dim, task.act_dim):
+        raise ConfigError(
+            f"data.dataset={cfg.data.dataset}: its observations have {traj.obs_dim} values and its actions "
+            f"{traj.act_dim}, but {env_id} (the evaluation environment) has {task.obs_dim} and {task.act_dim}; "
+            "set eval.env_id to the environment the data came from, or use that environment's dataset"
+        )
     if isinstance(traj, AtariTrajectories) != (game is not None):
         raise ConfigError(f"data.dataset={cfg.data.dataset} and the evaluation environment {env_id} do not "
                           "match: Atari data evaluates on ALE/<Game>-v5 (set eval.env_id), MuJoCo data on MuJoCo")

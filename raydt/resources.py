@@ -120,9 +120,9 @@ def trial_capacity(res: ResourcesConfig, cluster: ClusterShape | list[dict[str, 
     left = math.inf if shape.max_worker_nodes is None else shape.max_worker_nodes
     per_type, units = [], 0
     for t in usable:
-        nodes = t.max_nodes if t.head else int(min(t.max_nodes, max(left, t.alive)))
-        if not t.head:
-            left -= nodes
+        own = 1 if t.head else 0  # the head node itself is not a launched worker
+        nodes = own + int(min(t.max_nodes - own, max(left, t.alive - own)))
+        left -= nodes - own
         if nodes:
             per_type.append((t.name, per_node(t, group), nodes))
             units += per_node(t, group) * nodes
@@ -159,19 +159,26 @@ def shape_from_autoscaler_config(config: dict[str, Any], source: str,
     node_types = config.get("available_node_types") or {}
     if not isinstance(node_types, dict) or not node_types:
         raise ConfigError(f"{source}: no available_node_types; raydt needs the cluster's node types to plan")
-    cap = config.get("max_workers")
+    # Ray's defaults: the cluster's max_workers is 2, and a type's is the cluster's.
+    cap = int(config.get("max_workers", 2))
     head_type = config.get("head_node_type")
     types = []
     for name, spec in node_types.items():
         spec = spec or {}
         res = spec.get("resources") or {}
         head = name == head_type
-        # Ray's default for a worker type's max_workers is the cluster's max_workers.
-        most = 1 if head else int(spec.get("max_workers", cap if cap is not None else 0))
+        # A head type can launch workers of its own type too (the local provider's one type).
+        most = int(spec.get("max_workers", cap)) + (1 if head else 0)
         types.append(NodeType(name, float(res.get("CPU", 0)), float(res.get("GPU", 0)),
                               max(most, alive.get(name, 0)), alive=alive.get(name, 0), head=head))
-    return ClusterShape(tuple(types), source, autoscaling=True,
-                        max_worker_nodes=None if cap is None else int(cap))
+    return ClusterShape(tuple(types), source, autoscaling=True, max_worker_nodes=cap)
+
+
+def declares_resources(config: dict[str, Any]) -> bool:
+    """Whether every node type of an autoscaler config states its CPUs (the local provider
+    leaves them for Ray to detect on each machine: then only the live nodes tell)."""
+    node_types = config.get("available_node_types") or {}
+    return bool(node_types) and all("CPU" in ((spec or {}).get("resources") or {}) for spec in node_types.values())
 
 
 def shape_from_cluster_config_proto(proto: Any, source: str) -> ClusterShape:
@@ -217,4 +224,8 @@ def load_cluster_file(path: str) -> ClusterShape:
         raise ConfigError(f"--cluster {path}: not valid YAML ({exc})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"--cluster {path}: expected a Ray cluster YAML (a mapping with available_node_types)")
+    if "available_node_types" not in config or not declares_resources(config):
+        raise ConfigError(f"--cluster {path}: its nodes' CPUs and GPUs are left for Ray to detect on each machine "
+                          "(the local provider); plan the sweep on the running cluster instead: "
+                          "raydt sweep SPEC --dry-run --address auto")
     return shape_from_autoscaler_config(config, source=str(file))

@@ -91,7 +91,7 @@ def test_cluster_file_errors_name_the_file(tmp_path):
         load_cluster_file(str(tmp_path / "nope.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("cluster_name: x\n")
-    with pytest.raises(ConfigError, match="bad.yaml: no available_node_types"):
+    with pytest.raises(ConfigError, match="bad.yaml: its nodes. CPUs and GPUs are left for Ray"):
         load_cluster_file(str(bad))
     assert load_cluster_file(str(REPO / "clusters" / "aws.yaml")).autoscaling
 
@@ -116,3 +116,34 @@ def test_the_autoscaler_config_is_found_from_the_monitor_serving_this_cluster(tm
     finally:
         for proc in procs:
             proc.kill()
+
+
+def test_clusters_whose_node_resources_ray_detects_are_planned_on_the_live_nodes(tmp_path):
+    from raydt.resources import declares_resources
+
+    local = {"available_node_types": {"local.cluster.node": {"resources": {}, "node_config": {}}},
+             "head_node_type": "local.cluster.node"}  # what Ray makes of clusters/local.yaml
+    assert not declares_resources(local)
+    assert declares_resources(yaml.safe_load((REPO / "clusters" / "aws.yaml").read_text()))
+    with pytest.raises(ConfigError, match="left for Ray to detect.*--dry-run --address auto"):
+        load_cluster_file(str(REPO / "clusters" / "local.yaml"))
+    # Ray's defaults: max_workers 2 for the cluster, a type's own is the cluster's; the head's
+    # type may launch workers of its own kind.
+    shape = shape_from_autoscaler_config({"available_node_types": {"head": {"resources": {"CPU": 4}},
+                                                                   "w": {"resources": {"CPU": 4}}},
+                                          "head_node_type": "head"}, "c.yaml")
+    assert shape.max_worker_nodes == 2 and {t.name: t.max_nodes for t in shape.types} == {"head": 3, "w": 2}
+    assert trial_capacity(ResourcesConfig(cpus_per_worker=4), shape, "spec").trials == 1 + 2  # head + 2 launched
+
+
+def test_cluster_file_plans_only_dry_runs_without_an_address(tmp_path):
+    from raydt.tune.run import run_sweep
+    from raydt.tune.spec import load_sweep
+
+    spec = load_sweep(REPO / "tune_specs" / "size_scaling.yaml")
+    aws = str(REPO / "clusters" / "aws.yaml")
+    with pytest.raises(ConfigError, match="--cluster plans a sweep for a cluster file"):
+        run_sweep(spec, out=str(tmp_path), cluster_file=aws)
+    with pytest.raises(ConfigError, match="without --address"):
+        run_sweep(spec, out=str(tmp_path), address="auto", dry_run=True, cluster_file=aws)
+    assert run_sweep(spec, out=str(tmp_path), dry_run=True, cluster_file=aws).concurrency == 16

@@ -138,6 +138,8 @@ class FrameWindowSampler:
         ahead = self._ahead
         # A batch drawn ahead is used only if nothing has reset the generator since (a resume).
         if ahead is None or ahead[3] != batch_size or not torch.equal(ahead[2], self.generator.get_state()):
+            if ahead is not None and torch.equal(ahead[2], self.generator.get_state()):
+                self.generator.set_state(ahead[1])  # another size: undo the unused draw
             ahead = self._draw_ahead(batch_size)
         batch = ahead[0].result()
         self._ahead = self._draw_ahead(batch_size)

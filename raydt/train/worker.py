@@ -165,6 +165,7 @@ def cluster_shape():
     import ray
 
     from raydt.resources import (
+        declares_resources,
         shape_from_autoscaler_config,
         shape_from_cluster_config_proto,
         shape_from_nodes,
@@ -183,8 +184,12 @@ def cluster_shape():
     if path is not None:
         import yaml
 
-        config = yaml.safe_load(path.read_text())
-        return shape_from_autoscaler_config(config, f"the autoscaler config {path}", _alive_by_type(config, nodes))
+        config = yaml.safe_load(path.read_text()) or {}
+        if declares_resources(config):
+            return shape_from_autoscaler_config(config, f"the autoscaler config {path}", _alive_by_type(config, nodes))
+        # The local provider (clusters/local.yaml): its machines exist and Ray detects what
+        # they hold, so the nodes alive now are the cluster.
+        return shape_from_nodes(nodes, source=f"the nodes alive now ({path} leaves node resources to Ray)")
     return shape_from_nodes(nodes)
 
 
@@ -218,9 +223,9 @@ def _alive_by_type(config: dict[str, Any], nodes: list[dict[str, float]]) -> dic
         if "node:__internal_head__" in node and head in types:
             name = head
         else:
-            name = next((n for n, t in types.items() if n != head
-                         and float((t.get("resources") or {}).get("CPU", 0)) == node.get("CPU", 0)
-                         and float((t.get("resources") or {}).get("GPU", 0)) == node.get("GPU", 0)), None)
+            name = next((n for n, t in types.items()
+                         if float(((t or {}).get("resources") or {}).get("CPU", 0)) == node.get("CPU", 0)
+                         and float(((t or {}).get("resources") or {}).get("GPU", 0)) == node.get("GPU", 0)), None)
         if name is not None:
             counts[name] = counts.get(name, 0) + 1
     return counts

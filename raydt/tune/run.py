@@ -234,9 +234,9 @@ def run_sweep(
     """Run (or with ``dry_run`` only plan) the sweep ``spec``; ``cluster_file`` (a cluster
     YAML) plans it for that cluster instead of this machine or the one at ``address``."""
     storage_path, sweep_dir = sweep_location(spec, out)
-    if cluster_file is not None and not dry_run:
-        raise ConfigError("--cluster plans a sweep for a cluster file; use it with --dry-run "
-                          "(a sweep itself runs on the cluster it joins with --address)")
+    if cluster_file is not None and (not dry_run or address is not None):
+        raise ConfigError("--cluster plans a sweep for a cluster file: use it with --dry-run and without "
+                          "--address (a sweep runs on, and a dry run with --address plans for, the cluster it joins)")
     if dry_run and address is None:
         shape = load_cluster_file(cluster_file) if cluster_file is not None else local_shape()
         try:

@@ -127,7 +127,7 @@ class DecisionTransformer(nn.Module):
         ``state_tokens`` (B, K, h): ``embed_state(states)`` computed earlier (an evaluator
         encodes each new frame stack once); ``states`` is then ignored.
         """
-        tokens, _ = self._embed(states, actions, returns_to_go, timesteps, state_tokens, mask=mask)
+        tokens, _ = self._embed(states, actions, returns_to_go, timesteps, mask, state_tokens)
         return tokens, mask.repeat_interleave(3, dim=1)  # (B, 3K, h), (B, 3K)
 
     def embed_untimed(
@@ -140,10 +140,11 @@ class DecisionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`embed`, plus LN(token) without the timestep (B, 3K, h): what Reid's
         released λ1 loss compares with the clusters (``all_embs``)."""
-        tokens, untimed = self._embed(states, actions, returns_to_go, timesteps, None, untimed=True, mask=mask)
+        tokens, untimed = self._embed(states, actions, returns_to_go, timesteps, mask, None, untimed=True)
         return tokens, mask.repeat_interleave(3, dim=1), untimed
 
-    def _embed(self, states, actions, returns_to_go, timesteps, state_tokens, untimed: bool = False, mask=None):
+    def _embed(self, states, actions, returns_to_go, timesteps, mask, state_tokens, untimed: bool = False):
+        """(tokens fed to the backbone (B, 3K, h), LN(token) without the timestep or None)."""
         b, k = timesteps.shape
         timesteps = timesteps.clamp(max=self.args.max_timestep - 1)
         # Returns-to-go in fp32 even under bf16 autocast: bf16 keeps 8 significant bits, so

@@ -193,6 +193,9 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
     assert all((tmp_path / "analysis" / f"{name}.png").stat().st_size > 5_000 for name in ("params", "cka"))
     assert all(0 <= v <= 1 + 1e-9 for layer in cka["layers_biased"].values() for v in layer.values())
     assert all(-0.5 <= v <= 1 + 1e-9 for layer in cka["layers"].values() for v in layer.values())
+    # the estimator's null on the run's own features: debiased near 0, the biased floor above it
+    null = {k: sum(abs(v) for v in cka["null_state_token"][k].values()) / 20 for k in ("debiased", "biased")}
+    assert null["debiased"] < 0.1 < null["biased"] and "estimator null" in out
     assert main(["analyze", "cka", str(tmp_path), "--pre", "last", "--windows", "32", "--json"]) == 0
     self_cka = json.loads(capsys.readouterr().out)["layers"]
     assert all(v == pytest.approx(1.0) for layer in self_cka.values() for v in layer.values())

@@ -65,11 +65,9 @@ def raydt_trainer(size: str, batch: int, k: int, device: torch.device, threads: 
     cfg = load_config(REPO / "tune_specs/runs/hopper_medium_dt.yaml", [
         f"data.dataset={dataset}", f"data.context_length={k}", f"model.size={size}",
         f"train.batch_size={batch}", f"resources.cpus_per_worker={threads}", f"train.precision={precision}",
+        f"train.compile={str(compile_).lower()}",
     ])
-    trainer = Trainer(cfg, Path("/nonexistent-bench-run"), RunContext(device=device, log=lambda _: None))
-    if compile_:
-        trainer.module = torch.compile(trainer.module)
-    return trainer
+    return Trainer(cfg, Path("/nonexistent-bench-run"), RunContext(device=device, log=lambda _: None))
 
 
 def time_raydt(trainer, batch: int, steps: int, device: torch.device) -> dict[str, float]:

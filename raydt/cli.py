@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raydt.errors import RaydtError
+from raydt.rundir import RunDir
 from raydt.storage import Mirror, is_uri, join, local_view
 
 
@@ -160,7 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for i, point in enumerate(p for p in spec.grid()[:20] if p):
             print(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
         return 0
-    from raydt.tune.report import format_table, summarize
+    from raydt.report import format_table, summarize
 
     errored = [t for t in outcome.trials if t["status"] == "ERROR"]
     print(f"sweep directory: {outcome.sweep_dir}")
@@ -173,7 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raydt.tune.report import format_csv, format_table, summarize
+    from raydt.report import format_csv, format_table, summarize
 
     keys, rows = summarize(local_view(args.sweep_dir), by=args.by)
     print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
@@ -181,7 +182,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from raydt.tune.report import plot_curves
+    from raydt.report import plot_curves
 
     print(plot_curves(local_view(args.sweep_dir), Path(args.out), by=args.by))
     return 0
@@ -240,8 +241,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if is_uri(args.run_dir):  # the results go back beside the runs they measure
         for run_dir in run_dirs:
             rel = run_dir.relative_to(root).as_posix()
-            remote = join(args.run_dir, rel, "analysis") if rel != "." else join(args.run_dir, "analysis")
-            Mirror(run_dir / "analysis", remote).sync_up()
+            local = RunDir(run_dir).analysis
+            remote = join(args.run_dir, rel, local.name) if rel != "." else join(args.run_dir, local.name)
+            Mirror(local, remote).sync_up()
         print(f"analysis/ written back to {args.run_dir}", file=sys.stderr)
     return 0
 

@@ -174,6 +174,8 @@ class TrainConfig:
     """Steps whose checkpoints are kept as checkpoints/step_<N>.pt (0: before any training), for raydt analyze."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training matmuls: bf16 autocast (auto: on GPUs) or fp32 (auto: on CPUs; bf16 there is ~2x faster on CPUs with AVX512-BF16/AMX)."""
+    compile: bool = False
+    """torch.compile the model's training forward (compiled once per window shape; evaluation stays eager)."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class ExperimentConfig:
     """Everything that defines one fine-tuning run."""
 
     data: DataConfig = DataConfig()
@@ -429,7 +431,10 @@ def _leaves(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-PATH_URIS = {"model.backbone": "pretrain:"}
+PRETRAIN_SCHEME = "pretrain:"
+"""``model.backbone: pretrain:SPEC.yaml``: a backbone pre-trained from SPEC on demand (raydt.pretrain.cache)."""
+
+PATH_URIS = {"model.backbone": PRETRAIN_SCHEME}
 """Keys whose values may name a spec file (``pretrain:FILE``): relative paths are anchored
 to the spec that sets them (or the working directory for ``--set``) when read, so a trial
 running in another directory still finds the file."""
@@ -573,14 +578,14 @@ def build(cls: type, values: Mapping[str, Any], origins: Mapping[str, str], pref
 def load_config(
     path: str | Path,
     overrides: Mapping[str, Any] | Sequence[str] = (),
-    cls: type = RunConfig,
+    cls: type = ExperimentConfig,
 ) -> Any:
-    """Read a spec file, apply overrides, and build a frozen ``cls`` (a :class:`RunConfig`)."""
+    """Read a spec file, apply overrides, and build a frozen ``cls`` (a :class:`ExperimentConfig`)."""
     raw = apply_overrides(read_spec(path), overrides)
     return build(cls, raw.values, raw.origins)
 
 
-def config_from_dict(values: Mapping[str, Any], cls: type = RunConfig, source: str = "config") -> Any:
+def config_from_dict(values: Mapping[str, Any], cls: type = ExperimentConfig, source: str = "config") -> Any:
     """Build a config from a nested (or dotted) mapping, e.g. one read back from a run directory."""
     raw = RawSpec()
     _add(raw, values, source)

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from raydt.figures import curves_figure, save_curves_figure
+from raydt.rundir import METRIC, find_runs, group_runs
+
 THRESHOLD = 2.0
 """Points of normalized score within which a curve counts as converged (Reid et al.)."""
 
-METRIC = "eval/normalized_score"
 TRAIN_SECONDS = "perf/train_seconds"
 TOTAL_SECONDS = "perf/total_seconds"
 
@@ -197,10 +199,8 @@ def convergence(root: Path, by: Sequence[str] | None = None, threshold: float = 
                 metric: str = METRIC, mode: str = "max") -> tuple[list[str], list[GroupConvergence]]:
     """Convergence of every group of runs at or below ``root`` (a run, a sweep, or a folder
     of runs); groups as in ``raydt report`` (the searched keys without the seed, or ``by``)."""
-    from raydt.tune.report import find_runs, group_trials
-
-    trials = find_runs(Path(root), metric)
-    keys, groups = group_trials(trials, by, Path(root))
+    runs = find_runs(Path(root), metric)
+    keys, groups = group_runs(runs, by, Path(root))
     results = []
     for values, members in groups.items():
         curves = {t.name: Curve.from_rows(t.evals, metric) for t in members}
@@ -251,8 +251,6 @@ def _label(group: Mapping[str, Any]) -> str:
 def plot(results: Sequence[GroupConvergence], out: Path, title: str = "", metric: str = METRIC) -> Path:
     """The averaged curves against steps and against training seconds, with each group's
     best (dashed) and convergence point (circle) marked."""
-    from raydt.tune.report import curves_figure, save_curves_figure
-
     fig, ax_steps, ax_secs = curves_figure()
     for r in results:
         if not r.steps:

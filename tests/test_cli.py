@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from raydt.config import RunConfig, leaf_fields
+from raydt.config import ExperimentConfig, leaf_fields
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_spec_show_resolves_with_overrides():
 
 def test_spec_show_doc_documents_every_leaf():
     out = raydt("spec", "show", "tune_specs/runs/hopper_medium_dt.yaml", "--doc").stdout
-    for key, (_, doc) in leaf_fields(RunConfig).items():
+    for key, (_, doc) in leaf_fields(ExperimentConfig).items():
         assert f"# {doc}" in out, key
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from raydt.config import (
-    RunConfig,
+    ExperimentConfig,
     apply_overrides,
     build,
     config_from_dict,
@@ -30,7 +30,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_defaults_are_reids_gym_settings():
-    c = RunConfig()
+    c = ExperimentConfig()
     assert (c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps, c.optim.grad_clip) == (1e-4, 1e-4, 5000, 0.25)
     assert (c.train.batch_size, c.data.context_length, c.model.dropout) == (64, 20, 0.2)
     assert c.data.reward_scale == pytest.approx(1 / 1000)
@@ -38,7 +38,7 @@ def test_defaults_are_reids_gym_settings():
 
 
 def test_required_user_facing_keys_exist():
-    keys = set(leaf_fields(RunConfig))
+    keys = set(leaf_fields(ExperimentConfig))
     for key in (
         "data.dataset", "data.context_length", "data.reward_scale", "model.size", "model.backbone",
         "optim.lr", "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip", "train.steps",
@@ -49,7 +49,7 @@ def test_required_user_facing_keys_exist():
 
 
 def test_every_leaf_has_a_docstring():
-    missing = [key for key, (_, doc) in leaf_fields(RunConfig).items() if not doc]
+    missing = [key for key, (_, doc) in leaf_fields(ExperimentConfig).items() if not doc]
     assert missing == []
 
 
@@ -62,7 +62,7 @@ def test_extends_chain_merges_and_child_wins(tmp_path):
     assert c.optim.lr == 3e-4 and isinstance(c.optim.lr, float)
     assert (c.train.steps, c.train.batch_size, c.model.size) == (20, 8, "3m")
     assert c.model.dims == (256, 4, 4)
-    assert c.train.eval_every == RunConfig().train.eval_every  # untouched default
+    assert c.train.eval_every == ExperimentConfig().train.eval_every  # untouched default
 
 
 def test_overrides_are_coerced_by_declared_type(tmp_path):
@@ -84,7 +84,7 @@ def test_overrides_are_coerced_by_declared_type(tmp_path):
 def test_overrides_and_sampled_values_share_one_path(tmp_path):
     spec = write(tmp_path / "run.yaml", "{}\n")
     raw = apply_overrides(read_spec(spec), {"loss.lambda1": 0.1, "data.context_length": 60})
-    c = build(RunConfig, raw.values, raw.origins)
+    c = build(ExperimentConfig, raw.values, raw.origins)
     assert (c.loss.lambda1, c.data.context_length) == (0.1, 60)
 
 
@@ -164,7 +164,7 @@ def test_section_given_as_scalar_and_non_mapping_spec(tmp_path):
 
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        RunConfig().optim.lr = 1.0  # type: ignore[misc]
+        ExperimentConfig().optim.lr = 1.0  # type: ignore[misc]
 
 
 def test_yaml_round_trip_is_exact(tmp_path):
@@ -201,7 +201,7 @@ def test_recipes_resolve_to_the_paper_and_the_released_values():
     assert (paper.optim.warmup_steps, paper.optim.eps, paper.model.ln_order, paper.model.action_head) == \
         (5000, 1e-8, "time_then_ln", "linear")
     assert (paper.loss.cosine_variant, paper.loss.lambda_schedule, paper.model.attn_dropout) == ("paper", "linear", None)
-    assert paper == load_config(REPO / "tune_specs/base/reid_paper.yaml", []) and paper.train == RunConfig().train
+    assert paper == load_config(REPO / "tune_specs/base/reid_paper.yaml", []) and paper.train == ExperimentConfig().train
     code = load_config(REPO / "tune_specs/base/reid_code.yaml")
     # run.sh + experiment.py + utils.py + decision_transformer.py at 0f86702 (docs/fidelity.md)
     assert (code.optim.warmup_steps, code.optim.eps, code.optim.lr, code.optim.weight_decay) == (10000, 1e-6, 1e-4, 1e-4)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from raydt.eval.rollout import evaluate, rollout
+from raydt.eval.protocol import EvalTask, evaluate
+from raydt.eval.rollout import rollout
 from tests.test_model import tiny_model
 
 
@@ -32,7 +33,7 @@ def test_batched_rollout_equals_episodes_run_one_by_one(env_id, obs_dim, act_dim
 
 def test_evaluate_names_metrics_and_normalizes():
     model = lively_model(11, 3)
-    metrics, results = evaluate(model, "Hopper-v4", [3600, 1800], 3, 0, np.zeros(11), np.ones(11), 1e-3)
+    metrics, results = evaluate(model, EvalTask("Hopper-v4", (3600, 1800), np.zeros(11), np.ones(11), 1e-3), 3, 0)
     assert [r.target for r in results] == [3600.0, 1800.0]
     assert metrics["eval/return_mean"] == metrics["eval/rtg3600/return_mean"]
     score = 100 * (results[0].returns.mean() + 20.272305) / (3234.3 + 20.272305)

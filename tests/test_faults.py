@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raydt.logging import read_metrics
+from raydt.sinks import read_metrics
 from tests.test_sweep import raydt_sweep, tiny_sweep
 from tests.test_train import tiny_config
 

@@ -72,12 +72,12 @@ def test_multi_gpu_trials_stay_on_one_node_unless_the_spec_lets_them_spread():
 
 
 def test_scaling_config_asks_ray_for_the_placement():
-    from raydt.config import RunConfig
+    from raydt.config import ExperimentConfig
     from raydt.train.worker import scaling_config
 
-    ddp = RunConfig(resources=ResourcesConfig(num_workers=4, use_gpu=True, cpus_per_worker=2))
+    ddp = ExperimentConfig(resources=ResourcesConfig(num_workers=4, use_gpu=True, cpus_per_worker=2))
     assert scaling_config(ddp).placement_strategy == "STRICT_PACK"
-    assert scaling_config(RunConfig()).placement_strategy == "PACK"
+    assert scaling_config(ExperimentConfig()).placement_strategy == "PACK"
 
 
 def test_fixed_clusters_count_the_nodes_alive():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from raydt.logging import read_metrics
+from raydt.sinks import read_metrics
 from raydt.tune.spec import load_sweep
 from tests.test_train import TINY
 

@@ -13,10 +13,10 @@ import torch
 from raydt.config import ModelConfig
 from raydt.data.text import HELD_OUT, TextSampler, parse_text_uri, split_tokens, tokenize_cached
 from raydt.errors import ConfigError, DataError, RaydtError
-from raydt.logging import read_metrics
 from raydt.losses import lambda_factor
 from raydt.model.build import build_model
 from raydt.pretrain import load_pretrain_config, pretrain, pretrained_dir
+from raydt.sinks import read_metrics
 from raydt.train.loop import fit
 from tests.test_train import quiet, tiny_config
 
@@ -40,7 +40,7 @@ def tiny_lm(tmp_path_factory):
 
 
 def bpe(vocab=300):
-    from raydt.pretrain import _train_bpe
+    from raydt.pretrain.loop import _train_bpe
 
     return _train_bpe(parse_text_uri("pydoc:").read(), vocab)
 

@@ -9,7 +9,7 @@ import torch
 
 from raydt.config import load_config
 from raydt.errors import RaydtError
-from raydt.logging import read_metrics
+from raydt.sinks import read_metrics
 from raydt.train.checkpoint import load_checkpoint
 from raydt.train.driver import run_training
 from raydt.train.loop import RunContext, fit
@@ -145,7 +145,7 @@ def test_bf16_precision_trains_on_cpu(tmp_path):
 
 
 def test_random_streams_never_share_a_seed():
-    from raydt.train.loop import STREAMS, stream_seed
+    from raydt.seeding import STREAMS, stream_seed
 
     seeds = [stream_seed(seed, rank, stream, step) for seed in (0, 1) for rank in range(8)
              for stream in STREAMS for step in (0, 100)]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from raydt.errors import ConfigError, RaydtError
-from raydt.tune.report import format_csv, format_table, plot_curves, summarize
+from raydt.report import format_csv, format_table, plot_curves, summarize
 from raydt.tune.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]

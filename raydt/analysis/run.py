@@ -23,9 +23,11 @@ from raydt.analysis import (
     parameter_change,
 )
 from raydt.errors import ConfigError, RaydtError
+from raydt.figures import pyplot, save_figure
 from raydt.fsutil import atomic_write_text
 from raydt.model.backbone import strip_prefixes
-from raydt.train.checkpoint import LAST, kept_name, load_checkpoint
+from raydt.rundir import RunDir, run_paths
+from raydt.train.checkpoint import load_checkpoint
 
 TOKENS = ("return", "state", "action")
 """The last time step's three tokens, in window order."""
@@ -35,10 +37,10 @@ MI_LABELS = {"I_XT": "I(X;T)", "I_YT": "I(Y;T)"}
 
 def checkpoint_path(run_dir: Path, step: int | str) -> Path:
     """The kept checkpoint of ``step`` ("last" for the final one), or a clear error."""
-    folder = Path(run_dir) / "checkpoints"
-    path = folder / (LAST if step == "last" else kept_name(int(step)))
+    run = RunDir(run_dir)
+    path = run.checkpoint(step)
     if not path.is_file():
-        kept = sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.pt")) if folder.is_dir() else []
+        kept = run.kept_steps()
         raise RaydtError(
             f"{path} not found; this run kept steps {kept or 'none'} and 'last'. Keep more with "
             "train.keep_checkpoints: [0, ...] (0 = before fine-tuning) and train again"
@@ -50,12 +52,7 @@ def run_dirs(root: Path, steps: list[int | str]) -> list[Path]:
     """The run directories an analysis covers: ``root`` itself when it is a run, else every
     run below it (a sweep's trials). Each must hold the checkpoints of ``steps``; the error
     names every one that does not, before anything is measured."""
-    from raydt.tune.report import find_runs
-
-    root = Path(root)
-    if not root.exists():
-        raise RaydtError(f"{root} not found")
-    runs = [root] if (root / "config.resolved.yaml").exists() else [t.path for t in find_runs(root)]
+    runs = run_paths(root)
     problems = []
     for run in runs:
         for step in dict.fromkeys(steps):
@@ -341,11 +338,18 @@ def cka(run_dir: Path, pre: int | str = 0, post: int | str = "last", windows: in
     state = TOKENS.index("state")
     cross = {kind: cka_matrix([acts_a[n][:, state] for n in names], [acts_b[n][:, state] for n in names],
                               debiased=kind == "debiased").tolist() for kind in ("debiased", "biased")}
+    # Layers of one network are never unrelated (the residual stream carries every earlier
+    # layer), so the estimator's own null is measured directly: each layer against the post
+    # model's same layer on a fixed shuffle of the windows, which decouples the two feature
+    # sets by construction. Debiased CKA is about 0 there; the biased one shows its floor.
+    shuffle = torch.randperm(len(batch.mask), generator=torch.Generator().manual_seed(0))
+    null = {kind: {n: linear_cka(acts_a[n][:, state], acts_b[n][shuffle, state], debiased=kind == "debiased")
+                   for n in names} for kind in ("debiased", "biased")}
     # Debiased, as Takagi's code measures (the biased estimator's width-dependent floor would
     # confound GPT-2 (768) with DT (128)); the biased values are kept beside for comparison.
     return {"pre_step": payload_a["step"], "post_step": payload_b["step"], "windows": len(batch.mask),
             "estimator": "debiased", "layers": table(debiased=True), "layers_biased": table(debiased=False),
-            "cross_state_token": {"layers": names, **cross}}
+            "cross_state_token": {"layers": names, **cross}, "null_state_token": null}
 
 
 @torch.no_grad()
@@ -411,7 +415,12 @@ def summary(what: str, result: dict[str, Any]) -> list[str]:
             off = [(i, j) for i in range(len(cross["layers"])) for j in range(len(cross["layers"])) if i != j]
             mean_abs = {k: sum(abs(cross[k][i][j]) for i, j in off) / max(len(off), 1) for k in ("debiased", "biased")}
             floor = [f"layer × layer at the state token, off the diagonal: mean |CKA| {mean_abs['debiased']:.3f} "
-                     f"debiased, {mean_abs['biased']:.3f} biased"]
+                     f"debiased, {mean_abs['biased']:.3f} biased (layers of one network share the residual stream)"]
+        null = result.get("null_state_token")
+        if null:
+            mean_null = {k: sum(abs(v) for v in null[k].values()) / max(len(null[k]), 1) for k in ("debiased", "biased")}
+            floor.append(f"estimator null (each layer vs the same layer on shuffled windows): mean |CKA| "
+                         f"{mean_null['debiased']:.3f} debiased, {mean_null['biased']:.3f} biased")
         return [f"linear CKA (debiased; biased in brackets), step {result['pre_step']} vs {result['post_step']}, "
                 f"{result['windows']} windows: layer, return / state / action token",
                 *(f"{name:<24} " + "  ".join(f"{v[t]:6.3f} ({biased[name][t]:.3f})" if name in biased else f"{v[t]:6.3f}"
@@ -457,34 +466,20 @@ def public(result: dict[str, Any]) -> dict[str, Any]:
 
 def save(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
     """Write ``RUN_DIR/analysis/<name>.json`` (keys starting with _ are figures' data, not saved)."""
-    folder = Path(run_dir) / "analysis"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
+    path = RunDir(run_dir).analysis_file(name, "json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(public(result), indent=1))
     return path
 
 
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (analyses run on headless nodes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, run_dir: Path, name: str) -> Path:
-    out = Path(run_dir) / "analysis" / f"{name}.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    _pyplot().close(fig)
-    return out
+    return save_figure(fig, RunDir(run_dir).analysis_file(name, "png"))
 
 
 def plot_params(run_dir: Path, result: dict[str, Any]) -> Path:
     """L2 distance and cosine similarity of every parameter tensor, in model order (Takagi Fig. 3-4)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(result["parameters"])
     values = list(result["parameters"].values())
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 1.0 + 0.14 * len(names)), sharey=True)
@@ -499,7 +494,7 @@ def plot_params(run_dir: Path, result: dict[str, Any]) -> Path:
 
 def plot_cka(run_dir: Path, result: dict[str, Any]) -> Path:
     """CKA of every hooked layer for the R, s and a tokens, as a heat map (Takagi Fig. 1)."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = list(result["layers"])
     grid = np.array([[result["layers"][name][t] for t in TOKENS] for name in layers])  # (layers, 3)
     fig, ax = plt.subplots(figsize=(4.5, 1.0 + 0.22 * len(layers)))
@@ -515,7 +510,7 @@ def plot_cka(run_dir: Path, result: dict[str, Any]) -> Path:
 def plot_grads(run_dir: Path, result: dict[str, Any]) -> Path:
     """Per-sample gradient norms with the clipping threshold (Takagi Fig. 6) and the largest
     parameter shares of the batch gradient (Fig. 7)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     left.hist(result["per_sample_norms"], bins=30)
     if result["grad_clip"] > 0:
@@ -533,7 +528,7 @@ def plot_grads(run_dir: Path, result: dict[str, Any]) -> Path:
 def plot_mi(run_dir: Path, result: dict[str, Any]) -> Path:
     """I(X;T) and I(Y;T) against the token's time step, R/s/a as triangle/circle/cross
     (Takagi Fig. 2), one row per depth."""
-    plt = _pyplot()
+    plt = pyplot()
     depths = result["blocks"]
     tokens = result["tokens"]
     fig, axes = plt.subplots(len(depths), 2, figsize=(9, 2.8 * len(depths)), squeeze=False)
@@ -553,7 +548,7 @@ def plot_mi(run_dir: Path, result: dict[str, Any]) -> Path:
 
 def plot_attention(run_dir: Path, result: dict[str, Any]) -> Path:
     """Attention maps of the first, middle and last blocks at each step (Reid Fig. 2)."""
-    plt = _pyplot()
+    plt = pyplot()
     maps = result["_maps"]
     steps = list(maps)
     n_blocks = len(next(iter(maps.values())))

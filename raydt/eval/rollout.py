@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from raydt.data.sampler import ACTION_PAD
-from raydt.data.tasks import make_env, task_from_env_id
+from raydt.data.tasks import make_env
 from raydt.model.dt import DecisionTransformer
 from raydt.model.inference import ActionPolicy
 
@@ -102,46 +102,3 @@ def rollout(
         envs.close()
     taken = actions[:, k - 1 : k - 1 + int(lengths.max())].float().cpu().numpy()
     return RolloutResult(float(target_return), returns, lengths, taken)
-
-
-def evaluate(
-    model: DecisionTransformer,
-    env_id: str,
-    targets: Sequence[float],
-    episodes: int,
-    seed: int,
-    state_mean: np.ndarray,
-    state_std: np.ndarray,
-    reward_scale: float,
-    device: torch.device | str = "cpu",
-    max_steps: int | None = None,
-) -> tuple[dict[str, float], list[RolloutResult]]:
-    """Evaluate every target on the same episode seeds; metrics named as in docs/metrics.md."""
-    from raydt.data.atari import game_from_env_id
-
-    seeds = [seed * 100_003 + i for i in range(episodes)]
-    task = task_from_env_id(env_id) or game_from_env_id(env_id)  # D4RL- or gamer-normalized
-    metrics: dict[str, float] = {}
-    results = []
-    for i, target in enumerate(targets):
-        if model.args.frame_stack:
-            from raydt.eval.atari_rollout import atari_rollout
-
-            res = atari_rollout(model, env_id, target, seeds, reward_scale, device, max_steps=max_steps)
-        else:
-            res = rollout(model, env_id, target, seeds, state_mean, state_std, reward_scale, device, max_steps)
-        results.append(res)
-        prefix = f"eval/rtg{target:g}/"
-        metrics[prefix + "return_mean"] = float(res.returns.mean())
-        metrics[prefix + "return_std"] = float(res.returns.std())
-        metrics[prefix + "length_mean"] = float(res.lengths.mean())
-        if task is not None:
-            scores = task.normalized_score(res.returns)
-            metrics[prefix + "normalized_score"] = float(scores.mean())
-            metrics[prefix + "normalized_score_std"] = float(scores.std())
-        if i == 0:  # the headline numbers follow the first target
-            metrics["eval/return_mean"] = metrics[prefix + "return_mean"]
-            metrics["eval/return_std"] = metrics[prefix + "return_std"]
-            if task is not None:
-                metrics["eval/normalized_score"] = metrics[prefix + "normalized_score"]
-    return metrics, results

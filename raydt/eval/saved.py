@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from raydt.eval.rollout import evaluate
+from raydt.errors import RaydtError
+from raydt.eval.protocol import EvalTask, evaluate
 from raydt.model.build import rebuild_model
 from raydt.model.dt import ModelArgs
 from raydt.train.checkpoint import load_checkpoint
@@ -31,13 +32,12 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    if episodes is not None and episodes < 1:
+        raise RaydtError(f"--episodes {episodes}: give a positive number of episodes (default: the run's "
+                         "eval.episodes)")
     model, payload = load_model(checkpoint, device)
-    episodes = episodes or int(payload["config"]["eval"]["episodes"])
-    targets = list(targets or payload["target_returns"])
-    log(f"evaluating step {payload['step']} on {payload['env_id']}: {episodes} episodes × targets {targets}")
-    metrics, _ = evaluate(
-        model, payload["env_id"], targets, episodes, seed,
-        payload["state_mean"].numpy(), payload["state_std"].numpy(), float(payload["reward_scale"]), device,
-        max_steps=payload["config"]["eval"].get("max_steps"),
-    )
+    episodes = episodes if episodes is not None else int(payload["config"]["eval"]["episodes"])
+    task = EvalTask.from_checkpoint(payload, tuple(targets) if targets else None)
+    log(f"evaluating step {payload['step']} on {task.env_id}: {episodes} episodes × targets {list(task.targets)}")
+    metrics, _ = evaluate(model, task, episodes, seed, device)
     return {"step": int(payload["step"]), **metrics}

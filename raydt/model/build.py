@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from raydt.config import ModelConfig
+from raydt.config import PRETRAIN_SCHEME, ModelConfig
 from raydt.errors import ConfigError
 from raydt.model.backbone import Dropouts, LoadReport, backbone_from_config, build_backbone, freeze
 from raydt.model.dt import DecisionTransformer, ModelArgs
@@ -36,12 +36,19 @@ def _or(value: float | None, default: float) -> float:
 def build_model(
     cfg: ModelConfig, obs_dim: int, act_dim: int, context_length: int, max_timestep: int,
     log: Callable[[str], None] = print, discrete_actions: bool = False, frame_stack: int = 0,
+    source: str | None = None,
 ) -> tuple[DecisionTransformer, LoadReport]:
     """A Decision Transformer as ``cfg`` describes it, and the backbone's load report
-    (``discrete_actions``: act_dim action ids; ``frame_stack``: image states, Atari)."""
-    from raydt.pretrain import resolve_backbone
+    (``discrete_actions``: act_dim action ids; ``frame_stack``: image states, Atari).
 
-    source = resolve_backbone(cfg.backbone, cfg, log=log)
+    ``source``: where the backbone's weights are (default ``cfg.backbone``). A
+    ``pretrain:SPEC`` backbone is resolved to its directory before building
+    (:func:`raydt.pretrain.resolve_backbone`), so building a model never pre-trains one.
+    """
+    source = source or cfg.backbone
+    if source.startswith(PRETRAIN_SCHEME):
+        raise ConfigError(f"model.backbone={source!r}: resolve it with raydt.pretrain.resolve_backbone "
+                          "and pass the directory as source=")
     if cfg.action_head == "tied" and discrete_actions:
         raise ConfigError("model.action_head=tied shares the action embedding of continuous actions; "
                           "Atari's action ids use a table (set model.action_head=linear)")

@@ -18,14 +18,7 @@ import torch
 
 from raydt.errors import RaydtError
 from raydt.fsutil import atomic_path
-
-LAST = "last.pt"
-
-
-def kept_name(step: int) -> str:
-    """File name of the checkpoint kept at ``step`` (``train.keep_checkpoints``)."""
-    return f"step_{step}.pt"
-"""File name of the newest checkpoint in a run's ``checkpoints/`` folder."""
+from raydt.rundir import LAST, RunDir
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
@@ -44,7 +37,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / LAST if (path / "checkpoints").is_dir() else path / LAST
+        path = RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
     if not path.is_file():
         raise RaydtError(f"checkpoint {path} not found; give a run directory or a .pt file it wrote")
     try:

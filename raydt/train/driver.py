@@ -2,37 +2,35 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from raydt.config import RunConfig
+from raydt.config import ExperimentConfig
 from raydt.errors import RaydtError
-from raydt.train.checkpoint import LAST
+from raydt.rundir import RunDir
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to clobber a finished or running run unless asked to."""
-    has_run = (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints" / LAST).exists()
+    run = RunDir(run_dir)
     if resume:
-        if not (run_dir / "checkpoints" / LAST).exists():
-            raise RaydtError(f"--resume: {run_dir} holds no checkpoint (checkpoints/{LAST}); run without --resume")
+        if not run.last.exists():
+            raise RaydtError(f"--resume: {run_dir} holds no checkpoint ({run.last.relative_to(run_dir)}); "
+                             "run without --resume")
         return
+    has_run = run.has_results()
     if has_run and not overwrite:
         raise RaydtError(
             f"{run_dir} already holds a run; continue it with --resume, pick another directory "
             "with --out, or replace it with --overwrite"
         )
     if has_run:
-        for name in ("checkpoints", "ray_train"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        for path in [run_dir / "metrics.jsonl", *run_dir.glob("events.out.tfevents.*")]:
-            path.unlink(missing_ok=True)
+        run.clear_results()
 
 
 def run_training(
-    config: RunConfig,
+    config: ExperimentConfig,
     run_dir: Path,
     use_ray: bool = True,
     resume: bool = False,

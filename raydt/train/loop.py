@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +21,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from raydt.config import OptimConfig, RunConfig, to_dict, to_yaml
+from raydt.config import ExperimentConfig, OptimConfig, to_dict, to_yaml
 from raydt.data.atari import game_from_env_id
 from raydt.data.dqn_replay import STACK, AtariTrajectories
 from raydt.data.sampler import Batch, FrameWindowSampler, WindowSampler
@@ -36,17 +34,18 @@ from raydt.data.tasks import task_from_env_id
 from raydt.data.text import TextSampler, parse_text_uri, split_tokens, tokenize_cached
 from raydt.data.trajectories import Trajectories
 from raydt.errors import ConfigError, RaydtError
-from raydt.eval.rollout import evaluate
+from raydt.eval.protocol import EvalTask, evaluate
 from raydt.fsutil import atomic_write_text
-from raydt.logging import JsonlSink, MultiSink, Sink, TensorBoardSink
 from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
 from raydt.model.backbone import strip_prefixes
 from raydt.model.build import build_model
 from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
+from raydt.pretrain.cache import resolve_backbone
+from raydt.rundir import RunDir
+from raydt.seeding import seed_everything, stream_seed
+from raydt.sinks import JsonlSink, MetricWindow, MultiSink, Sink, TensorBoardSink
 from raydt.train.checkpoint import (
-    LAST,
-    kept_name,
     load_checkpoint,
     restore_generator,
     rng_state,
@@ -70,25 +69,6 @@ class RunContext:
     """Human-readable progress lines (rank 0 only)."""
     node: str | None = None
     """Ray node id of this process, when it runs under Ray (recorded in run_info.json)."""
-
-
-STREAMS = {"windows": 0, "text": 1, "resumed_windows": 2, "resumed_text": 3}
-"""The random streams of one rank of a run, each with its own seed (:func:`stream_seed`)."""
-
-
-def stream_seed(seed: int, rank: int, stream: str, step: int = 0) -> int:
-    """The seed of one random stream of one rank, from ``SeedSequence([seed, rank, stream,
-    step])``: streams never share a seed (a sum such as seed·1009 + rank + 1 made rank r's
-    text stream rank r+1's window stream)."""
-    state = np.random.SeedSequence([seed, rank, STREAMS[stream], step]).generate_state(1, np.uint64)[0]
-    return int(state >> np.uint64(1))  # < 2^63: any torch generator takes it
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def optimizer_options(device_type: str) -> dict[str, Any]:
@@ -160,7 +140,7 @@ class RunData:
     """Size of the timestep table: the longest episode of data or environment."""
 
 
-def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunData:
+def resolve_run_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> RunData:
     """Load the dataset and settle the evaluation environment and targets, or fail clearly.
 
     Also checks the objectives' inputs that are cheap to check (before any model is built).
@@ -196,7 +176,7 @@ def resolve_run_data(cfg: RunConfig, log: Callable[[str], None] = print) -> RunD
     return RunData(traj, env_id, targets, max_timestep)
 
 
-def check_objectives(cfg: RunConfig) -> None:
+def check_objectives(cfg: ExperimentConfig) -> None:
     """λ1 and λ2 need a language backbone (token embeddings, a tokenizer) and real text."""
     loss = cfg.loss
     if (loss.lambda1 or loss.lambda2) and cfg.model.backbone == "random" and cfg.model.replace_block is None:
@@ -250,88 +230,104 @@ class Objective(nn.Module):
         return out
 
 
-@dataclass
 class Trainer:
-    """The pieces of one run, built once; :meth:`fit` drives them."""
+    """The pieces of one run, built once by the constructor; :meth:`fit` drives them.
 
-    config: RunConfig
-    run_dir: Path
-    ctx: RunContext
-    model: DecisionTransformer = field(init=False)
-    objective: Objective = field(init=False)
-    module: nn.Module = field(init=False)
-    """The objective as stepped: ``objective`` itself, or its DDP wrapper."""
-    text: TextSampler | None = field(init=False, default=None)
-    """Training text blocks for λ2 (None without co-training)."""
-    held_text: torch.Tensor | None = field(init=False, default=None)
-    """Fixed held-out text blocks for eval/text_loss (None when not tracked)."""
-    sampler: WindowSampler | FrameWindowSampler = field(init=False)
-    optimizer: torch.optim.Optimizer = field(init=False)
-    scheduler: torch.optim.lr_scheduler.LambdaLR = field(init=False)
-    env_id: str = field(init=False)
-    targets: tuple[float, ...] = field(init=False)
-    step: int = 0
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    setup_seconds: float = 0.0
-    """Wall seconds of this session's set-up (dataset, model, objectives), for timing.json."""
-    best_score: float = -math.inf
-    evals_since_best: int = 0
+    Reading order: the constructor builds data (``sampler``), model and objective
+    (``module``, DDP-wrapped when there are several workers), optimizer and schedule;
+    :meth:`fit` loops over :meth:`train_step`, and at logging and evaluation steps hands off
+    to :meth:`_log_window`, :meth:`_evaluate_and_track` and :meth:`_save`.
+    """
 
-    def __post_init__(self) -> None:
-        cfg, ctx = self.config, self.ctx
+    def __init__(self, config: ExperimentConfig, run_dir: Path, ctx: RunContext) -> None:
+        self.config, self.run_dir, self.ctx = config, Path(run_dir), ctx
+        self.files = RunDir(self.run_dir)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+        self.best_score = -math.inf
+        self.evals_since_best = 0
+        self.text: TextSampler | None = None
+        """Training text blocks for λ2 (None without co-training)."""
+        self.held_text: torch.Tensor | None = None
+        """Fixed held-out text blocks for eval/text_loss (None when not tracked)."""
         self._started = time.time()
+        cfg = config
         torch.set_num_threads(cfg.resources.cpus_per_worker)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} does not split evenly over "
                 f"resources.num_workers={ctx.world_size}"
             )
-        data = resolve_run_data(cfg, log=ctx.log if ctx.rank == 0 else lambda _: None)
-        traj = data.trajectories
-        self.env_id, self.targets = data.env_id, data.targets
-
-        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
-        seed_everything(cfg.train.seed)
         quiet: Callable[[str], None] = ctx.log if ctx.rank == 0 else (lambda _: None)
-        atari = isinstance(traj, AtariTrajectories)
-        self.model, report = build_model(
-            cfg.model, 0 if atari else traj.obs_dim, traj.num_actions if atari else traj.act_dim,
-            cfg.data.context_length, data.max_timestep, log=quiet,
-            discrete_actions=atari, frame_stack=STACK if atari else 0,
-        )
-        quiet(report.summary())
+        data = resolve_run_data(cfg, log=quiet)
+        self.env_id, self.targets = data.env_id, tuple(data.targets)
+        self.backbone_source = resolve_backbone(cfg.model.backbone, cfg.model, log=quiet)
+        self._build_model(data, quiet)
         self._build_objectives(quiet)
         self.model.to(ctx.device)
         self.objective.to(ctx.device)
         self.module = self._wrap(text_in_use=cfg.loss.lambda2 > 0)
+        """The objective as stepped: ``objective`` itself, or its DDP wrapper."""
         # Ranks other than 0 wait for rank 0's evaluation in a collective. On the default
         # group (NCCL on GPUs) that wait would hit its timeout (30 min) in a long Atari
         # evaluation; a CPU group whose timeout is the evaluation budget carries it instead.
         self.wait_group = None
         if ctx.world_size > 1 and dist.is_initialized():
             self.wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.eval.timeout_s))
+        self.sampler = self._build_sampler(data.trajectories)
+        self._build_optimizer()
+        self.setup_seconds = time.time() - self._started
+        """Wall seconds of this session's set-up (dataset, model, objectives), for timing.json."""
+
+    def eval_task(self) -> EvalTask:
+        """What evaluating this run's policy needs besides the model."""
+        return EvalTask(self.env_id, self.targets, self.sampler.state_mean, self.sampler.state_std,
+                        self.config.data.reward_scale, self.config.eval.max_steps)
+
+    def _build_model(self, data: RunData, log: Callable[[str], None]) -> None:
+        cfg = self.config
+        traj = data.trajectories
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        seed_everything(cfg.train.seed)
+        atari = isinstance(traj, AtariTrajectories)
+        self.model, report = build_model(
+            cfg.model, 0 if atari else traj.obs_dim, traj.num_actions if atari else traj.act_dim,
+            cfg.data.context_length, data.max_timestep, log=log,
+            discrete_actions=atari, frame_stack=STACK if atari else 0, source=self.backbone_source,
+        )
+        log(report.summary())
+
+    def _build_sampler(self, traj) -> WindowSampler | FrameWindowSampler:
+        cfg, ctx = self.config, self.ctx
         # Different windows on every rank; the seed stays a function of (seed, rank).
         seed = stream_seed(cfg.train.seed, ctx.rank, "windows")
-        self.sampler = (
-            FrameWindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, device=ctx.device, seed=seed)
-            if atari else
-            WindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, cfg.data.normalize_states,
-                          device=ctx.device, seed=seed)
-        )
+        if isinstance(traj, AtariTrajectories):
+            return FrameWindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, device=ctx.device,
+                                      seed=seed)
+        return WindowSampler(traj, cfg.data.context_length, cfg.data.reward_scale, cfg.data.normalize_states,
+                             device=ctx.device, seed=seed)
+
+    def _build_optimizer(self) -> None:
+        cfg, device = self.config, self.ctx.device
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.decay, cfg.optim.weight_decay),
                                            lr=cfg.optim.lr, eps=cfg.optim.eps, betas=cfg.optim.betas,
-                                           **optimizer_options(ctx.device.type))
-        if ctx.device.type == "cuda":
+                                           **optimizer_options(device.type))
+        if device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls autocast leaves (10-bit mantissa inputs,
             # fp32 accumulation): PyTorch's recommended setting for training on Ampere and later.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg.optim, cfg.train.steps))
-        self.setup_seconds = time.time() - self._started
 
     def _wrap(self, text_in_use: bool) -> nn.Module:
-        """The objective as stepped: itself, or under DDP across the run's workers."""
+        """The objective as stepped: itself, or under DDP across the run's workers, compiled
+        when ``train.compile`` asks (the model object itself, which checkpoints and evaluation
+        use, stays eager)."""
+        module = self._distribute(text_in_use)
+        return torch.compile(module) if self.config.train.compile else module
+
+    def _distribute(self, text_in_use: bool) -> nn.Module:
         if self.ctx.world_size == 1:
             return self.objective
         device = self.ctx.device
@@ -352,8 +348,6 @@ class Trainer:
 
     def _build_objectives(self, log: Callable[[str], None]) -> None:
         """λ1's cluster centres and λ2's text, when the run uses them."""
-        from raydt.pretrain import resolve_backbone
-
         cfg, loss = self.config, self.config.loss
         backbone = self.model.backbone
         centers = None
@@ -366,7 +360,7 @@ class Trainer:
             return
         from transformers import AutoTokenizer
 
-        source = resolve_backbone(cfg.model.backbone, cfg.model, log=log)
+        source = self.backbone_source
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError, TypeError) as exc:
@@ -436,13 +430,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         cfg = self.config
-        metrics, _ = evaluate(
-            # The same episode seeds at every evaluation: checkpoints are compared on equal
-            # terms, which takes the seed-to-seed noise out of learning curves.
-            self.model, self.env_id, self.targets, cfg.eval.episodes, cfg.train.seed,
-            self.sampler.state_mean, self.sampler.state_std, cfg.data.reward_scale, self.ctx.device,
-            max_steps=cfg.eval.max_steps,
-        )
+        # The same episode seeds at every evaluation: checkpoints are compared on equal
+        # terms, which takes the seed-to-seed noise out of learning curves.
+        metrics, _ = evaluate(self.model, self.eval_task(), cfg.eval.episodes, cfg.train.seed, self.ctx.device)
         if self.held_text is not None:
             metrics["eval/text_loss"] = self.text_loss()
         return metrics
@@ -526,56 +516,25 @@ class Trainer:
         """Train to ``train.steps`` (or early stop) and return the last metrics."""
         cfg, ctx = self.config, self.ctx
         lead = ctx.rank == 0
-        ckpt_path = self.run_dir / "checkpoints" / LAST
         if resume:
-            if not ckpt_path.is_file() and ctx.rank > 0:
-                raise RaydtError(
-                    f"rank {ctx.rank} cannot read the checkpoint rank 0 resumes from ({ckpt_path} is not on "
-                    "this node): a run whose workers span nodes needs a run directory every node shares "
-                    "(NFS) or URI storage (--out s3://…)"
-                )
-            if not ckpt_path.is_file():
-                raise RaydtError(f"--resume: {ckpt_path} not found; run without --resume to start afresh")
-            notes = self.restore(load_checkpoint(ckpt_path))
-            if lead:
-                ctx.log(f"resumed from {ckpt_path} at step {self.step}")
-                for note in notes:
-                    ctx.log(f"note: {note}")
-        sink: Sink = Sink()
-        if lead:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.resolved.yaml", to_yaml(cfg))
-            atomic_write_text(self.run_dir / "run_info.json", json.dumps(self.run_info(), indent=1))
-            sink = MultiSink(
-                JsonlSink(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else None),
-                TensorBoardSink(self.run_dir),
-            )
+            self._resume()
+        sink = self._open_sink(resume) if lead else Sink()
         last: dict[str, float] = {}
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        since_log = 0
+        window = MetricWindow()
         tick = time.perf_counter()
         log_tick, log_step = tick, self.step
-        loop_started, session_train, session_eval = tick, self.train_seconds, self.eval_seconds
+        session = (tick, self.train_seconds, self.eval_seconds)
         per_rank = cfg.train.batch_size // ctx.world_size
         stop = False
-        keep = set(cfg.train.keep_checkpoints)
         try:
-            if lead and self.step in keep:  # step 0: the weights before fine-tuning
-                save_checkpoint(ckpt_path.parent / kept_name(self.step), self.checkpoint_payload())
+            self._keep_checkpoint()  # step 0: the weights before fine-tuning
             while self.step < cfg.train.steps and not stop:
                 lambda1, lambda2 = self.lambdas()
                 if self.text is not None and lambda2 == 0 and cfg.loss.lambda_schedule == "linear":
                     self._text_done()  # a linear schedule stays at 0
-                step_out = self.train_step(self.sampler.sample(per_rank), lambda1, lambda2)
-                # Accumulate on the device: no host sync until a logging step.
-                for name, value in step_out.items():
-                    sums[name] = sums[name] + value if name in sums else value.clone()
-                    counts[name] = counts.get(name, 0) + 1
-                since_log += 1
+                window.add(self.train_step(self.sampler.sample(per_rank), lambda1, lambda2))
                 self.step += 1
-                if lead and self.step in keep:
-                    save_checkpoint(ckpt_path.parent / kept_name(self.step), self.checkpoint_payload())
+                self._keep_checkpoint()
                 at_log = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
                 at_eval = self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps
                 if not (at_log or at_eval):
@@ -584,47 +543,10 @@ class Trainer:
                     torch.cuda.synchronize(ctx.device)
                 now = time.perf_counter()
                 self.train_seconds += now - tick
-                names = sorted(sums)
-                # One host sync per logging step for all the accumulated means.
-                totals = torch.stack([sums[n] for n in names]).tolist()
-                means = {n: t / counts[n] for n, t in zip(names, totals)}
-                metrics = {
-                    "train/loss": means["total"],
-                    ("train/action_ce" if self.model.args.discrete_actions else "train/action_mse"): means["action"],
-                    "train/grad_norm": means["grad_norm"],
-                    "train/lr": self.scheduler.get_last_lr()[0],
-                    "perf/train_seconds": self.train_seconds,
-                    "perf/steps_per_second": (self.step - log_step) / max(now - log_tick, 1e-9),
-                }
-                if cfg.loss.lambda1 > 0:
-                    metrics["train/loss_cos"] = means["cos"]
-                    metrics["train/lambda1"] = lambda1
-                if cfg.loss.lambda2 > 0:
-                    if "lm" in means:  # text is drawn only while λ2 is above 0
-                        metrics["train/loss_lm"] = means["lm"]
-                    metrics["train/lambda2"] = lambda2
-                if not math.isfinite(metrics["train/loss"]):
-                    raise RaydtError(f"training diverged: train/loss is {metrics['train/loss']} at step {self.step}")
-                sums.clear()
-                counts.clear()
-                since_log = 0
+                metrics = self._log_window(window, (lambda1, lambda2), (self.step - log_step) / max(now - log_tick, 1e-9))
                 checkpoint = None
                 if at_eval:
-                    if lead:
-                        started = time.perf_counter()
-                        metrics.update(self.evaluate())
-                        self.eval_seconds += time.perf_counter() - started
-                        score = metrics.get("eval/normalized_score", metrics["eval/return_mean"])
-                        if score > self.best_score:
-                            self.best_score, self.evals_since_best = score, 0
-                        else:
-                            self.evals_since_best += 1
-                        metrics["eval/best_normalized_score" if "eval/normalized_score" in metrics
-                                else "eval/best_return"] = self.best_score
-                        patience = cfg.train.early_stop_patience
-                        stop = bool(patience) and self.evals_since_best >= patience
-                    metrics["perf/eval_seconds"] = self.eval_seconds
-                    stop = self._agree(stop)
+                    stop = self._evaluate_and_track(metrics)
                 metrics["perf/total_seconds"] = self.train_seconds + self.eval_seconds
                 if lead:
                     sink.log(self.step, metrics)
@@ -632,7 +554,7 @@ class Trainer:
                     # The checkpoint after the row: a run killed between the two resumes from
                     # the previous checkpoint and logs this evaluation again, never skips it.
                     if at_eval:
-                        checkpoint = save_checkpoint(ckpt_path, self.checkpoint_payload())
+                        checkpoint = save_checkpoint(self.files.last, self.checkpoint_payload())
                 if at_eval and ctx.report is not None:
                     ctx.report(self.step, metrics, checkpoint)
                 last = metrics
@@ -641,17 +563,92 @@ class Trainer:
             if lead:
                 final = {k: v for k, v in last.items() if k.startswith("eval/")}
                 sink.hparams(_flat_params(cfg), final | {"step": self.step})
-                # Where this session's wall time went (bench/sweep_efficiency.py reads it).
-                atomic_write_text(self.run_dir / "timing.json", json.dumps({
-                    "started": self._started, "finished": time.time(),
-                    "setup_seconds": self.setup_seconds,
-                    "loop_seconds": time.perf_counter() - loop_started,
-                    "train_seconds": self.train_seconds - session_train,
-                    "eval_seconds": self.eval_seconds - session_eval,
-                }, indent=1))
+                self._write_timing(*session)
         finally:
             sink.close()
         return {"step": self.step, **last}
+
+    def _resume(self) -> None:
+        """Continue from the run directory's last checkpoint (every rank reads it)."""
+        path, ctx = self.files.last, self.ctx
+        if not path.is_file() and ctx.rank > 0:
+            raise RaydtError(
+                f"rank {ctx.rank} cannot read the checkpoint rank 0 resumes from ({path} is not on "
+                "this node): a run whose workers span nodes needs a run directory every node shares "
+                "(NFS) or URI storage (--out s3://…)"
+            )
+        if not path.is_file():
+            raise RaydtError(f"--resume: {path} not found; run without --resume to start afresh")
+        notes = self.restore(load_checkpoint(path))
+        if ctx.rank == 0:
+            ctx.log(f"resumed from {path} at step {self.step}")
+            for note in notes:
+                ctx.log(f"note: {note}")
+
+    def _open_sink(self, resume: bool) -> Sink:
+        """Rank 0 writes the config, the run's facts and the metric files (truncated to the
+        checkpoint's step on resume, so no row is logged twice)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.files.config, to_yaml(self.config))
+        atomic_write_text(self.files.run_info, json.dumps(self.run_info(), indent=1))
+        return MultiSink(JsonlSink(self.files.metrics, resume_step=self.step if resume else None),
+                         TensorBoardSink(self.run_dir))
+
+    def _keep_checkpoint(self) -> None:
+        """A checkpoint of this step for analyses, when ``train.keep_checkpoints`` lists it."""
+        if self.ctx.rank == 0 and self.step in self.config.train.keep_checkpoints:
+            save_checkpoint(self.files.checkpoint(self.step), self.checkpoint_payload())
+
+    def _log_window(self, window: MetricWindow, lambdas: tuple[float, float], steps_per_second: float) -> dict[str, float]:
+        """The training metrics of the window since the last logging step (one host sync)."""
+        cfg = self.config
+        means = window.means(finite="total", what="training", step=self.step)
+        metrics = {
+            "train/loss": means["total"],
+            ("train/action_ce" if self.model.args.discrete_actions else "train/action_mse"): means["action"],
+            "train/grad_norm": means["grad_norm"],
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "perf/train_seconds": self.train_seconds,
+            "perf/steps_per_second": steps_per_second,
+        }
+        if cfg.loss.lambda1 > 0:
+            metrics["train/loss_cos"] = means["cos"]
+            metrics["train/lambda1"] = lambdas[0]
+        if cfg.loss.lambda2 > 0:
+            if "lm" in means:  # text is drawn only while λ2 is above 0
+                metrics["train/loss_lm"] = means["lm"]
+            metrics["train/lambda2"] = lambdas[1]
+        return metrics
+
+    def _evaluate_and_track(self, metrics: dict[str, float]) -> bool:
+        """Rank 0 evaluates into ``metrics`` and tracks the best score; returns whether to
+        stop early, the same decision on every rank."""
+        stop = False
+        if self.ctx.rank == 0:
+            started = time.perf_counter()
+            metrics.update(self.evaluate())
+            self.eval_seconds += time.perf_counter() - started
+            score = metrics.get("eval/normalized_score", metrics["eval/return_mean"])
+            if score > self.best_score:
+                self.best_score, self.evals_since_best = score, 0
+            else:
+                self.evals_since_best += 1
+            metrics["eval/best_normalized_score" if "eval/normalized_score" in metrics
+                    else "eval/best_return"] = self.best_score
+            patience = self.config.train.early_stop_patience
+            stop = bool(patience) and self.evals_since_best >= patience
+        metrics["perf/eval_seconds"] = self.eval_seconds
+        return self._agree(stop)
+
+    def _write_timing(self, loop_started: float, session_train: float, session_eval: float) -> None:
+        """Where this session's wall time went (bench/sweep_efficiency.py reads it)."""
+        atomic_write_text(self.files.timing, json.dumps({
+            "started": self._started, "finished": time.time(),
+            "setup_seconds": self.setup_seconds,
+            "loop_seconds": time.perf_counter() - loop_started,
+            "train_seconds": self.train_seconds - session_train,
+            "eval_seconds": self.eval_seconds - session_eval,
+        }, indent=1))
 
     def _agree(self, stop: bool) -> bool:
         """Rank 0's early-stopping decision, on every rank (the others wait here while rank 0
@@ -675,7 +672,7 @@ def agree_with_rank0(flag: bool, group: Any = None) -> bool:
     return bool(value.item())
 
 
-def _flat_params(cfg: RunConfig) -> dict[str, Any]:
+def _flat_params(cfg: ExperimentConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in to_dict(cfg).items():
         for key, value in values.items():
@@ -692,7 +689,7 @@ def _progress_line(step: int, total: int, m: dict[str, float]) -> str:
     return line
 
 
-def fit(config: RunConfig, run_dir: Path, ctx: RunContext | None = None, resume: bool = False) -> dict[str, float]:
+def fit(config: ExperimentConfig, run_dir: Path, ctx: RunContext | None = None, resume: bool = False) -> dict[str, float]:
     """Build a :class:`Trainer` for ``config`` and run it; the run directory's contract is
     ``config.resolved.yaml``, ``metrics.jsonl``, TensorBoard events and ``checkpoints/``."""
     return Trainer(config, Path(run_dir), ctx or RunContext()).fit(resume=resume)

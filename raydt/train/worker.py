@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raydt.config import RunConfig, config_from_dict, to_dict
-from raydt.train.checkpoint import LAST
+from raydt.config import ExperimentConfig, config_from_dict, to_dict
+from raydt.rundir import CHECKPOINTS, LAST, RAY_TRAIN, RunDir, last_checkpoint_uri
 
 
 def worker_context(mirror=None):
@@ -67,19 +67,19 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         mirror = storage.Mirror(storage.staging_dir(payload["storage"]), payload["storage"])
         run_dir = mirror.local
         # Storage decides, not whatever an earlier run left in this node's staging folder.
-        resume = storage.exists(storage.join(mirror.remote, "checkpoints", LAST))
+        resume = storage.exists(last_checkpoint_uri(mirror.remote))
         if resume:
             # Rank 0 keeps the whole run; the others only read the checkpoint, and must not
             # replace files rank 0 may already have open.
             mirror.sync_down(skip=storage.is_kept_checkpoint if rank == 0
-                             else (lambda rel: rel != f"checkpoints/{LAST}"))
+                             else (lambda rel: rel != f"{CHECKPOINTS}/{LAST}"))
         elif rank == 0:
             _clear(run_dir)  # a fresh run: nothing from an earlier run at this URI survives
     else:
         run_dir = Path(payload["run_dir"])
         # One decision, rank 0's: with a run directory local to each node, nodes could
         # otherwise see different files and start from different states.
-        resume = agree_with_rank0((run_dir / "checkpoints" / LAST).is_file())
+        resume = agree_with_rank0(RunDir(run_dir).last.is_file())
     Trainer(config, run_dir, worker_context(mirror if rank == 0 else None)).fit(resume=resume)
     if mirror is not None and rank == 0:
         mirror.sync_up()  # timing.json, the last rows and events
@@ -92,7 +92,7 @@ def _clear(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def scaling_config(config: RunConfig):
+def scaling_config(config: ExperimentConfig):
     """Ray Train's ``ScalingConfig`` for the ``resources:`` section of a run."""
     from ray.train import ScalingConfig
 
@@ -107,7 +107,7 @@ def scaling_config(config: RunConfig):
     )
 
 
-def make_trainer(config: RunConfig, run_dir: Path | str, name: str, storage_path: str, callbacks: list | None = None):
+def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str, callbacks: list | None = None):
     """A ``TorchTrainer`` running ``config`` into ``run_dir``, a local directory or a URI
     (staged on the rank-0 node and uploaded); Ray's own files go under ``storage_path/name``."""
     from ray.train import FailureConfig
@@ -132,7 +132,7 @@ def make_trainer(config: RunConfig, run_dir: Path | str, name: str, storage_path
     )
 
 
-def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
+def run_with_ray(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
     """Run ``config`` through a ``TorchTrainer``; returns the latest value of every metric."""
     import ray
 
@@ -142,11 +142,9 @@ def run_with_ray(config: RunConfig, run_dir: Path, address: str | None = None) -
         ray.init(address=address)
     trial_capacity(config.resources, cluster_shape(), "resources")  # fail now rather than wait forever
     run_dir = run_dir.resolve()
-    make_trainer(config, run_dir, "ray_train", str(run_dir)).fit()
+    make_trainer(config, run_dir, RAY_TRAIN, str(run_dir)).fit()
     # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
-    from raydt.logging import read_metrics
-
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = RunDir(run_dir).read_metrics()
     return {k: v for row in rows for k, v in row.items()}  # the latest value of every metric
 
 

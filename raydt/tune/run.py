@@ -21,7 +21,7 @@ import yaml
 from ray.tune import Stopper
 
 from raydt import storage
-from raydt.config import RunConfig, build, to_dict
+from raydt.config import ExperimentConfig, build, to_dict
 from raydt.convergence import converged_index
 from raydt.errors import ConfigError, RaydtError
 from raydt.resources import (
@@ -32,9 +32,9 @@ from raydt.resources import (
     shape_from_nodes,
     trial_capacity,
 )
+from raydt.rundir import SWEEP_SPEC, TIMING, TRIAL_TIMING
 from raydt.tune.spec import SweepSpec
 
-SWEEP_FILE = "sweep.yaml"
 """What a sweep directory records about its spec: searched keys, tune settings, plan."""
 
 
@@ -115,14 +115,14 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
     from raydt.train.worker import make_trainer
 
     raw = apply_overrides(RawSpec(run_spec["values"], run_spec["origins"]), params, source="search")
-    config = build(RunConfig, raw.values, raw.origins)
+    config = build(ExperimentConfig, raw.values, raw.origins)
     context = tune.get_context()
     name = f"trial_{context.get_trial_id().rsplit('_', 1)[-1]}"  # as _trial_name names its folder
     run_dir = storage.join(sweep_dir, name)  # a local path or a URI
     trainer = make_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()])
     trainer.fit()
     # The trial's wall time around its run's own timing.json.
-    storage.write_text(storage.join(run_dir, "trial_timing.json"),
+    storage.write_text(storage.join(run_dir, TRIAL_TIMING),
                        json.dumps({"started": started, "finished": time.time()}, indent=1))
 
 
@@ -162,7 +162,7 @@ def _search_alg(spec: SweepSpec, concurrency: int):
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 
 
-def _scheduler(spec: SweepSpec, config: RunConfig):
+def _scheduler(spec: SweepSpec, config: ExperimentConfig):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.tune.scheduler == "fifo":
@@ -248,7 +248,7 @@ def run_sweep(
             return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu), shape, 0,
                         note=f"cannot run on this machine ({exc}); run it on a cluster with --address, "
                              "or plan it for a cluster file with --cluster clusters/aws.yaml")
-    sweep_file = storage.join(sweep_dir, SWEEP_FILE)
+    sweep_file = storage.join(sweep_dir, SWEEP_SPEC)
     if not dry_run:
         if not resume and storage.exists(sweep_file):
             raise RaydtError(
@@ -330,7 +330,7 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
         )
     started = time.time()
     grid = tuner.fit()
-    storage.write_text(storage.join(sweep_dir, "timing.json"), json.dumps(
+    storage.write_text(storage.join(sweep_dir, TIMING), json.dumps(
         {"started": started, "finished": time.time(), "concurrency": plan.concurrency}, indent=1))
     rows = []
     for result in grid:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raydt.config import (
+    ExperimentConfig,
     RawSpec,
-    RunConfig,
     anchor_path,
     apply_overrides,
     build,
@@ -53,7 +53,7 @@ class Dimension:
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class SearchConfig:
     """How a sweep searches and schedules its trials."""
 
     metric: str = "eval/normalized_score"
@@ -92,19 +92,19 @@ class SweepSpec:
     path: Path
     run: RawSpec
     dimensions: tuple[Dimension, ...]
-    tune: TuneConfig
+    tune: SearchConfig
 
     @property
     def name(self) -> str:
         return self.tune.name or self.path.stem
 
-    def trial_config(self, values: Mapping[str, Any]) -> RunConfig:
+    def trial_config(self, values: Mapping[str, Any]) -> ExperimentConfig:
         """The run config of a trial: the spec's run part with the sampled ``values``."""
         raw = apply_overrides(self.run, values, source=f"{self.path}: search")
-        return build(RunConfig, raw.values, raw.origins)
+        return build(ExperimentConfig, raw.values, raw.origins)
 
-    def base_config(self) -> RunConfig:
-        return build(RunConfig, self.run.values, self.run.origins)
+    def base_config(self) -> ExperimentConfig:
+        return build(ExperimentConfig, self.run.values, self.run.origins)
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of the grid dimensions (one empty point when there are none)."""
@@ -169,7 +169,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
     dimensions = tuple(_dimension(path, key, entry, raw.origins) for key, entry in flat.items())
     if not isinstance(tune_values, Mapping):
         raise ConfigError(f"{path}: 'tune' must be a mapping of settings")
-    tune = build(TuneConfig, tune_values, raw.origins, prefix="tune.")
+    tune = build(SearchConfig, tune_values, raw.origins, prefix="tune.")
     spec = SweepSpec(path, run, dimensions, tune)
     spec.base_config()  # the run part alone must be valid
     for dim in dimensions:  # so must every value the search can produce
@@ -180,7 +180,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
 
 def _flatten_search(search: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted key → distribution entry; a run-config leaf or a one-kind mapping ends a path."""
-    leaves = leaf_fields(RunConfig)
+    leaves = leaf_fields(ExperimentConfig)
     out: dict[str, Any] = {}
     for key, value in search.items():
         dotted = f"{prefix}{key}"

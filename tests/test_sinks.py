@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from raydt.errors import DataError
-from raydt.logging import read_metrics
+from raydt.sinks import read_metrics
 
 
 def rows(n):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from raydt.errors import DataError
+from raydt.errors import DataError, Diverged
 from raydt.fsutil import atomic_write_text
 
 
@@ -140,3 +140,38 @@ class MultiSink(Sink):
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+class MetricWindow:
+    """Per-step metrics summed on the device between two logging steps, read back with one
+    host sync: a training loop never waits on the device except when it logs."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, Any] = {}
+        self._counts: dict[str, int] = {}
+        self.steps = 0
+        """Optimizer steps added since the last :meth:`means`."""
+
+    def add(self, values: Mapping[str, Any]) -> None:
+        """Add one step's values (0-d device tensors); no sync."""
+        for name, value in values.items():
+            self._sums[name] = self._sums[name] + value if name in self._sums else value.detach().clone()
+            self._counts[name] = self._counts.get(name, 0) + 1
+        self.steps += 1
+
+    def means(self, finite: str, what: str, step: int) -> dict[str, float]:
+        """The window's mean of every metric, then an empty window. ``finite`` names the
+        metric (the loss) that must be finite: a NaN or inf there stops the run with a
+        :class:`~raydt.errors.DataError` saying ``what`` diverged at ``step``."""
+        import torch
+
+        names = sorted(self._sums)
+        totals = torch.stack([self._sums[n].float() for n in names]).tolist() if names else []  # the one sync
+        means = {n: t / self._counts[n] for n, t in zip(names, totals)}
+        self._sums.clear()
+        self._counts.clear()
+        self.steps = 0
+        if finite in means and not math.isfinite(means[finite]):
+            raise Diverged(f"{what} diverged: the loss is {means[finite]} at step {step}; lower optim.lr, "
+                           "raise optim.warmup_steps or set optim.grad_clip")
+        return means

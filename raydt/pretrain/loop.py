@@ -1,14 +1,7 @@
-"""Pre-training a GPT-2 on text: Reid et al.'s ChibiT, or any size preset.
+"""The pre-training loop: tokenizer, GPT-2, AdamW, held-out perplexity, resumable.
 
-``raydt pretrain SPEC`` trains a causal LM and saves a Hugging Face directory (model and
-tokenizer) that ``model.backbone`` accepts; ``model.backbone: pretrain:SPEC.yaml`` does the
-same on demand, cached by the resolved spec, so a sweep can compare random and
-language-pretrained initialisation with no file made by hand.
-
-ChibiT (Reid §4): the DT shape (128 dim, 1 head, 3 layers) pre-trained on WikiText-103 with
-GPT-2's BPE, lr 3e-4, 65,536-token batches, 80k steps, 10k warm-up; those are the defaults
-below. Offline, GPT-2's tokenizer cannot be fetched and a byte-level BPE is trained on the
-corpus instead (``tokenizer: auto`` picks whichever is possible, and the run records which).
+Offline, GPT-2's tokenizer cannot be fetched and a byte-level BPE is trained on the corpus
+instead (``tokenizer: auto`` picks whichever is possible, and the run records which).
 
 Run directory: ``config.resolved.yaml``, ``metrics.jsonl`` and TensorBoard events
 (``train/loss``, ``train/perplexity``, ``eval/loss``, ``eval/perplexity``),
@@ -17,120 +10,28 @@ Run directory: ``config.resolved.yaml``, ``metrics.jsonl`` and TensorBoard event
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from raydt.config import (
-    checked,
-    load_config,
-    nonnegative,
-    optional_positive,
-    positive,
-    preset_dims,
-    to_dict,
-    to_yaml,
-)
+from raydt.config import to_dict, to_yaml
 from raydt.errors import ConfigError, RaydtError
-from raydt.fsutil import atomic_write_text, data_dir, locked
+from raydt.fsutil import atomic_write_text
+from raydt.pretrain.config import CorpusConfig, PretrainConfig, PretrainOptimConfig
+from raydt.rundir import RunDir
+from raydt.seeding import seed_everything
 
-
-@dataclass(frozen=True)
-class CorpusConfig:
-    """The text and its tokenizer."""
-
-    text: str = "wikitext-103"
-    """Text source: wikitext-103, text:/path/to/file-or-dir, gcide:[PATH] or pydoc:."""
-    tokenizer: str = "auto"
-    """auto (GPT-2's if it can be loaded, else bpe), bpe (byte-level BPE trained on the text), or a hub id / directory."""
-    vocab_size: int = positive(50257)
-    """Vocabulary of a trained BPE (GPT-2's size by default; small corpora stop earlier)."""
-    block_size: int = positive(1024)
-    """Tokens per training sequence; also the size of the model's position table (GPT-2's 1024)."""
-
-
-@dataclass(frozen=True)
-class PretrainModelConfig:
-    """The GPT-2 being pre-trained."""
-
-    size: Literal["dt", "3m", "18m", "84m"] = "dt"
-    """Size preset (ChibiT is dt: 128 dim, 1 head, 3 layers)."""
-    n_embd: int | None = optional_positive()
-    """Embedding dimension; null takes the size preset's."""
-    n_head: int | None = optional_positive()
-    """Attention heads; null takes the size preset's."""
-    n_layer: int | None = optional_positive()
-    """Transformer blocks; null takes the size preset's."""
-    activation: Literal["relu", "gelu_new"] = "gelu_new"
-    """MLP activation (GPT-2: gelu_new)."""
-    dropout: float = checked(0.1, lambda v: 0 <= v < 1, "a number in [0, 1)")
-    """Dropout on embeddings, attention and residuals (GPT-2: 0.1)."""
-
-    @property
-    def dims(self) -> tuple[int, int, int]:
-        return preset_dims(self)
-
-
-@dataclass(frozen=True)
-class PretrainOptimConfig:
-    """AdamW with warm-up and cosine decay."""
-
-    lr: float = positive(3e-4)
-    """Peak learning rate (ChibiT: 3e-4)."""
-    weight_decay: float = nonnegative(0.01)
-    """AdamW weight decay."""
-    warmup_steps: int = nonnegative(10_000)
-    """Steps of linear warm-up (ChibiT: 10k)."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    """After warm-up: cosine decay to 10% of the peak at the last step, or constant."""
-    grad_clip: float = nonnegative(1.0)
-    """Maximum global gradient norm; 0 disables clipping."""
-
-
-@dataclass(frozen=True)
-class PretrainTrainConfig:
-    """Length and rhythm of pre-training."""
-
-    steps: int = positive(80_000)
-    """Optimizer steps (ChibiT: 80k)."""
-    batch_size: int = positive(64)
-    """Sequences per step (64 × 1024 = 65,536 tokens, ChibiT's batch)."""
-    eval_every: int = positive(1000)
-    """Steps between held-out evaluations (and saves of model/)."""
-    log_every: int = positive(100)
-    """Steps between training-metric logs."""
-    eval_blocks: int = positive(64)
-    """Held-out sequences per evaluation (the same ones every time)."""
-    seed: int = nonnegative(0)
-    """Seed of initialisation, tokenizer training and sampling."""
-    threads: int = positive(2)
-    """PyTorch CPU threads."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: CUDA when visible, else CPU."""
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that defines one pre-training run."""
-
-    corpus: CorpusConfig = CorpusConfig()
-    model: PretrainModelConfig = PretrainModelConfig()
-    optim: PretrainOptimConfig = PretrainOptimConfig()
-    train: PretrainTrainConfig = PretrainTrainConfig()
-
-
-def load_pretrain_config(path: str | Path, overrides: Any = ()) -> PretrainConfig:
-    return load_config(path, overrides, cls=PretrainConfig)
-
+MODEL = "model"
+"""The Hugging Face directory a pre-training run saves (what ``model.backbone`` takes)."""
+TOKENIZER = "tokenizer"
+"""The tokenizer, saved before first use so that a resumed run encodes identically."""
 
 # --------------------------------------------------------------------------------------
 # Tokenizer
@@ -220,7 +121,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from raydt.data.text import TextSampler, split_tokens, tokenize_cached
-    from raydt.logging import JsonlSink, MultiSink, TensorBoardSink
+    from raydt.sinks import JsonlSink, MetricWindow, MultiSink, TensorBoardSink
     from raydt.train.checkpoint import (
         load_checkpoint,
         restore_generator,
@@ -228,10 +129,10 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
         save_checkpoint,
         set_rng_state,
     )
-    from raydt.train.loop import seed_everything
 
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    files = RunDir(run_dir)
+    ckpt_path = files.last
     if resume and not ckpt_path.is_file():
         raise RaydtError(f"--resume: {ckpt_path} not found; run without --resume to start afresh")
     if not resume and ckpt_path.exists():
@@ -242,7 +143,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
     seed_everything(cfg.train.seed)
 
     # The tokenizer is saved before anything uses it, so a resumed run encodes identically.
-    tok_dir = run_dir / "tokenizer"
+    tok_dir = run_dir / TOKENIZER
     if resume and tok_dir.is_dir():
         tokenizer, tok_name = AutoTokenizer.from_pretrained(tok_dir), json.loads((tok_dir / "raydt.json").read_text())["name"]
     else:
@@ -291,16 +192,15 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
             log(f"note: {note}")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.resolved.yaml", to_yaml(cfg))
-    sink = MultiSink(JsonlSink(run_dir / "metrics.jsonl", resume_step=step if resume else None), TensorBoardSink(run_dir))
+    atomic_write_text(files.config, to_yaml(cfg))
+    sink = MultiSink(JsonlSink(files.metrics, resume_step=step if resume else None), TensorBoardSink(run_dir))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"pre-training a {n_params / 1e6:.2f}M-parameter GPT-2 ({n_embd}/{n_head}/{n_layer}) for "
         f"{cfg.train.steps} steps of {cfg.train.batch_size}×{block} tokens on {device}")
     info = {"tokenizer": tok_name, "text": cfg.corpus.text, "config": to_dict(cfg)}
     use_bf16 = device.type == "cuda"
     last: dict[str, float] = {}
-    loss_sum = torch.zeros((), device=device)
-    since = 0
+    window = MetricWindow()
     tick = time.perf_counter()
     model.train()
     try:
@@ -317,8 +217,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach()
-            since += 1
+            window.add({"loss": loss})
             step += 1
             at_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
             at_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps
@@ -326,14 +225,11 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
                 continue
             now = time.perf_counter()
             train_seconds += now - tick
-            mean = float(loss_sum / since)
-            if not math.isfinite(mean):
-                raise RaydtError(f"pre-training diverged: train/loss is {mean} at step {step}")
+            since = window.steps
+            mean = window.means(finite="loss", what="pre-training", step=step)["loss"]
             metrics = {"train/loss": mean, "train/perplexity": math.exp(min(mean, 50)),
                        "train/lr": scheduler.get_last_lr()[0], "perf/train_seconds": train_seconds,
                        "perf/tokens_per_second": since * cfg.train.batch_size * block / max(now - tick, 1e-9)}
-            loss_sum.zero_()
-            since = 0
             if at_eval:
                 held_loss = held_out_loss(model, held)
                 metrics.update({"eval/loss": held_loss, "eval/perplexity": math.exp(min(held_loss, 50))})
@@ -342,7 +238,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
                     "scheduler": scheduler.state_dict(), "step": step, "train_seconds": train_seconds,
                     "rng": rng_state(), "sampler_rng": sampler.generator.get_state(), "config": to_dict(cfg),
                 })
-                _save_hf(model, tokenizer, run_dir / "model", info | {"step": step, "eval_loss": held_loss})
+                _save_hf(model, tokenizer, run_dir / MODEL, info | {"step": step, "eval_loss": held_loss})
                 log(f"step {step}/{cfg.train.steps}  loss {mean:.3f}  held-out perplexity {metrics['eval/perplexity']:.1f}")
             sink.log(step, metrics)
             last = metrics
@@ -350,56 +246,3 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
     finally:
         sink.close()
     return {"step": step, **last}
-
-
-# --------------------------------------------------------------------------------------
-# `model.backbone: pretrain:SPEC.yaml`
-
-PRETRAIN_SCHEME = "pretrain:"
-
-
-def pretrained_run(spec_path: str | Path, overrides: Any = ()) -> tuple[PretrainConfig, Path]:
-    """The resolved config of a ``pretrain:`` spec and the cache folder of its run."""
-    spec_path = Path(spec_path).expanduser()
-    if not spec_path.is_file():
-        raise ConfigError(f"model.backbone=pretrain:{spec_path}: spec file not found")
-    cfg = load_pretrain_config(spec_path, overrides)
-    key = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    return cfg, data_dir() / "pretrained" / f"{spec_path.stem}-{key}"
-
-
-def shape_overrides(shape: Any) -> dict[str, Any]:
-    """Pre-training overrides that give the LM the shape of a run's :class:`ModelConfig`."""
-    return {"model.size": shape.size, "model.n_embd": shape.n_embd,
-            "model.n_head": shape.n_head, "model.n_layer": shape.n_layer}
-
-
-def pretrained_dir(spec_path: str | Path, overrides: Any = (), log: Callable[[str], None] = print) -> Path:
-    """The model directory pre-trained from ``spec_path`` (with ``overrides``), made if missing.
-
-    Cached under ``$RAYDT_DATA_DIR/pretrained/<spec name>-<hash of the resolved spec>/``;
-    concurrent callers (sweep trials, DDP ranks) wait for one maker; an interrupted maker's
-    run resumes.
-    """
-    cfg, run_dir = pretrained_run(spec_path, overrides)
-    model_dir = run_dir / "model"
-    with locked(run_dir / "done"):
-        if (run_dir / "done").is_file():
-            return model_dir
-        log(f"pre-training the backbone of {spec_path} into {run_dir} (once; later runs reuse it)")
-        pretrain(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.pt").is_file(), log=log)
-        atomic_write_text(run_dir / "done", json.dumps({"spec": str(spec_path)}))
-    return model_dir
-
-
-def resolve_backbone(backbone: str, shape: Any = None, log: Callable[[str], None] = print) -> str:
-    """``model.backbone`` with a ``pretrain:`` spec replaced by the directory it makes.
-
-    ``shape`` (the run's :class:`raydt.config.ModelConfig`) sets the pre-trained model's size:
-    the language-pretrained twin of a run has that run's size preset and dimensions, so a
-    sweep over ``model.size × model.backbone ∈ {random, pretrain:…}`` is Reid's size study.
-    """
-    if not backbone.startswith(PRETRAIN_SCHEME):
-        return backbone
-    overrides = shape_overrides(shape) if shape is not None else {}
-    return str(pretrained_dir(backbone[len(PRETRAIN_SCHEME):], overrides, log=log))

@@ -1,0 +1,249 @@
+"""Run and sweep directories: the one module that knows their layout.
+
+A run directory (fine-tuning or pre-training) holds::
+
+    config.resolved.yaml   the full config the run used
+    run_info.json          versions, devices and the resolved data of the run
+    metrics.jsonl          one JSON row per logging step (see raydt.sinks)
+    timing.json            wall time split into set-up, training and evaluation
+    events.out.tfevents.*  TensorBoard, the same tags as metrics.jsonl
+    checkpoints/last.pt    the newest checkpoint; step_N.pt for each kept step
+    analysis/              what `raydt analyze` measured (JSON and figures)
+
+A sweep directory holds ``sweep.yaml`` (the spec and its searched keys), ``timing.json``
+and one run directory per trial (with ``trial_timing.json``, the trial's wall time around
+its run). Every other module asks this one for a path or a reader, so a layout change is
+made here once, and readers of old directories keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raydt.errors import DataError, RaydtError
+
+CONFIG = "config.resolved.yaml"
+RUN_INFO = "run_info.json"
+METRICS = "metrics.jsonl"
+TIMING = "timing.json"
+TRIAL_TIMING = "trial_timing.json"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+ANALYSIS = "analysis"
+RAY_TRAIN = "ray_train"
+TENSORBOARD_GLOB = "events.out.tfevents.*"
+SWEEP_SPEC = "sweep.yaml"
+
+SEED_KEY = "train.seed"
+METRIC = "eval/normalized_score"
+"""The metric reports and convergence read by default."""
+
+
+def kept_name(step: int) -> str:
+    """File name of the checkpoint kept at ``step`` (``train.keep_checkpoints``)."""
+    return f"step_{step}.pt"
+
+
+def last_checkpoint_uri(run_uri: str) -> str:
+    """The newest checkpoint of a run kept at a storage URI (``s3://…/trial``)."""
+    from raydt import storage
+
+    return storage.join(run_uri, CHECKPOINTS, LAST)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and readers of one run directory (which need not exist yet)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def run_info(self) -> Path:
+        return self.path / RUN_INFO
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def timing(self) -> Path:
+        return self.path / TIMING
+
+    @property
+    def trial_timing(self) -> Path:
+        return self.path / TRIAL_TIMING
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last(self) -> Path:
+        return self.path / CHECKPOINTS / LAST
+
+    @property
+    def analysis(self) -> Path:
+        return self.path / ANALYSIS
+
+    def analysis_file(self, name: str, suffix: str) -> Path:
+        """Where ``raydt analyze NAME`` writes its JSON (``suffix="json"``) or figure."""
+        return self.analysis / f"{name}.{suffix}"
+
+    def checkpoint(self, step: int | str) -> Path:
+        """The checkpoint kept at ``step``; ``"last"`` for the newest."""
+        return self.last if step == "last" else self.checkpoints / kept_name(int(step))
+
+    def kept_steps(self) -> list[int]:
+        """Steps whose checkpoints were kept (``step_N.pt``), ascending."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(p.stem.split("_")[1]) for p in self.checkpoints.glob("step_*.pt")
+                      if p.stem.split("_")[1].isdigit())
+
+    def is_run(self) -> bool:
+        """Whether a run has written its config here."""
+        return self.config.is_file()
+
+    def has_results(self) -> bool:
+        """Whether a run has logged or checkpointed here (and would be overwritten)."""
+        return self.metrics.exists() or self.last.exists()
+
+    def clear_results(self) -> None:
+        """Remove what a run wrote (checkpoints, metrics, events), keeping other files."""
+        for folder in (self.checkpoints, self.path / RAY_TRAIN):
+            shutil.rmtree(folder, ignore_errors=True)
+        for path in [self.metrics, *self.path.glob(TENSORBOARD_GLOB)]:
+            path.unlink(missing_ok=True)
+
+    def read_config(self, flat: bool = False) -> dict[str, Any]:
+        """The resolved config, nested, or flattened to ``{"data.context_length": 20}``."""
+        values = yaml.safe_load(self.config.read_text()) or {}
+        return flatten(values) if flat else values
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every row of ``metrics.jsonl`` ([] when the run has not logged)."""
+        from raydt.sinks import read_metrics
+
+        return read_metrics(self.metrics) if self.metrics.exists() else []
+
+    def read_timing(self) -> dict[str, Any] | None:
+        return json.loads(self.timing.read_text()) if self.timing.is_file() else None
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """Paths of a sweep directory (local; remote sweeps are addressed through raydt.storage)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def spec(self) -> Path:
+        return self.path / SWEEP_SPEC
+
+    @property
+    def timing(self) -> Path:
+        return self.path / TIMING
+
+    def searched_keys(self) -> list[str]:
+        """The keys the sweep searched (from ``sweep.yaml``); [] for a plain folder of runs."""
+        if self.spec.is_file():
+            return list((yaml.safe_load(self.spec.read_text()) or {}).get("searched_keys", []))
+        return []
+
+
+@dataclass
+class Run:
+    """A run directory read back: its name below the folder read, config and evaluations."""
+
+    name: str
+    path: Path
+    config: dict[str, Any]
+    """Flattened resolved config: ``{"data.context_length": 20, ...}``."""
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    """Rows of metrics.jsonl that carry the metric, in step order."""
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
+
+    def score(self, metric: str = METRIC) -> tuple[float, float]:
+        """(best, final) of ``metric``; NaN when the run never evaluated."""
+        values = [row[metric] for row in self.evals if isinstance(row.get(metric), (int, float))]
+        return (max(values), values[-1]) if values else (math.nan, math.nan)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become tuples so values can be grouped."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def find_runs(root: Path, metric: str = METRIC) -> list[Run]:
+    """Every run directory at or below ``root`` (a sweep, a run, or a folder of runs)."""
+    root = Path(root)
+    if not root.exists():
+        raise RaydtError(f"{root} not found")
+    runs = []
+    for cfg_file in sorted(root.rglob(CONFIG)):
+        run_dir = RunDir(cfg_file.parent)
+        try:
+            rows = run_dir.read_metrics()
+        except DataError as exc:  # one damaged run: say which, report the others
+            print(f"warning: {exc}; reporting this run without its metrics", file=sys.stderr)
+            rows = []
+        name = str(run_dir.path.relative_to(root)) if run_dir.path != root else run_dir.path.name
+        runs.append(Run(name, run_dir.path, run_dir.read_config(flat=True), [r for r in rows if metric in r]))
+    if not runs:
+        raise RaydtError(f"{root} holds no run directories (no {CONFIG} below it)")
+    return runs
+
+
+def run_paths(root: Path) -> list[Path]:
+    """``root`` itself when it is a run, else every run directory below it."""
+    root = Path(root)
+    if not root.exists():
+        raise RaydtError(f"{root} not found")
+    return [root] if RunDir(root).is_run() else [r.path for r in find_runs(root)]
+
+
+def group_runs(runs: Sequence[Run], by: Sequence[str] | None, root: Path) -> tuple[list[str], dict[tuple, list[Run]]]:
+    """Group runs by ``by`` (default: the sweep's searched keys without the seed; for a plain
+    folder of runs, the keys whose values differ between them)."""
+    if not by:
+        keys = SweepDir(root).searched_keys()
+        if not keys:
+            all_keys = sorted(set().union(*(r.config for r in runs)))
+            keys = [k for k in all_keys if len({repr(r.config.get(k)) for r in runs}) > 1]
+        by = [k for k in keys if k != SEED_KEY]
+    unknown = [k for k in by if not any(k in r.config for r in runs)]
+    if unknown:
+        valid = sorted(set().union(*(r.config for r in runs)))
+        raise RaydtError(f"--by {', '.join(unknown)}: not a config key of these runs; valid keys: {', '.join(valid)}")
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.config.get(k) for k in by), []).append(run)
+    return list(by), dict(sorted(groups.items(), key=lambda kv: repr(kv[0])))

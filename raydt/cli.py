@@ -208,31 +208,20 @@ def _step(value: str) -> int | str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from raydt import analyze as registry
     from raydt.analysis import run as analysis
 
-    pre, post = _step(args.pre), _step(args.post)
-    step = _step(args.step) if args.step is not None else (post if args.what == "mi" else pre)
-    needs = {"params": [pre, post], "cka": [pre, post], "attention": [pre, post], "mi": [step], "grads": [step]}
+    options = registry.Options(
+        pre=_step(args.pre), post=_step(args.post), step=None if args.step is None else _step(args.step),
+        windows=args.windows, mine_steps=args.mine_steps, protocol=args.protocol, definition=args.definition,
+        mine_preset=args.mine_preset, representation=args.representation,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
     # A sweep or a folder of runs: every run below it, each checked before any is measured.
     root = local_view(args.run_dir, checkpoints=True)
-    run_dirs = analysis.run_dirs(root, needs[args.what])
-    windows = args.windows or ANALYZE_WINDOWS[args.what]
+    run_dirs = analysis.run_dirs(root, registry.ANALYSES[args.what].steps(options))
     for run_dir in run_dirs:
-        if args.what == "params":
-            result = analysis.params(run_dir, pre, post)
-        elif args.what == "cka":
-            result = analysis.cka(run_dir, pre, post, windows=windows)
-        elif args.what == "attention":
-            result = analysis.attention(run_dir, [pre, post], windows=windows, definition=args.definition)
-        elif args.what == "mi":
-            result = analysis.mi(run_dir, step, windows=windows, steps=args.mine_steps,
-                                 log=lambda msg: print(msg, file=sys.stderr), representation=args.representation,
-                                 preset=args.mine_preset)
-        else:
-            result = analysis.grads(run_dir, step, windows=windows, protocol=args.protocol)
-        path = analysis.save(run_dir, args.what, result)
-        if args.what in analysis.PLOTS:
-            getattr(analysis, analysis.PLOTS[args.what])(run_dir, result)
+        result, path = registry.analyze(run_dir, args.what, options)
         if args.json:
             print(json.dumps({"run": str(run_dir), **analysis.public(result)}))
         else:
@@ -248,8 +237,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-ANALYZE_WINDOWS = {"params": 0, "cka": 512, "attention": 64, "mi": 4096, "grads": 64}
-"""Default number of fixed windows each analysis measures on (params needs none)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -360,19 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_bench_convergence)
 
     analyze = sub.add_parser("analyze", help="inside the transformer: pre vs post fine-tuning (Takagi 2022)")
-    analyze.add_argument("what", choices=("params", "cka", "attention", "mi", "grads"),
-                         help="params: per-tensor L2 distance and cosine, pre vs post; cka: linear CKA of every "
-                              "block's sub-layers, pre vs post; attention: attention distance and maps, pre and "
-                              "post; mi: MINE estimates I(X;T), I(Y;T) at one step (default post); grads: "
-                              "per-sample gradients, norms, confusion and shares at one step (default pre)")
+    from raydt.analyze import ANALYSES
+
+    analyze.add_argument("what", choices=list(ANALYSES),
+                         help="; ".join(f"{a.name}: {a.help}" for a in ANALYSES.values()))
     analyze.add_argument("run_dir", help="a run directory with kept checkpoints (train.keep_checkpoints)")
     analyze.add_argument("--pre", default="0", help="kept step to compare from (default 0: before fine-tuning)")
     analyze.add_argument("--post", default="last", help="kept step to compare to (default: the last checkpoint)")
     analyze.add_argument("--step", default=None, help="the kept step mi or grads measures at (default: --post for "
                                                          "mi, --pre for grads)")
     analyze.add_argument("--windows", type=int, default=None,
-                         help="fixed windows of the run's data to measure on (default: cka 512, attention 64, "
-                              "mi 4096, grads 64)")
+                         help="fixed windows of the run's data to measure on (default: " + ", ".join(
+                             f"{a.name} {a.windows}" for a in ANALYSES.values() if a.windows) + ")")
     analyze.add_argument("--mine-steps", type=int, default=1000, help="training steps of each MINE estimate")
     analyze.add_argument("--protocol", choices=("raydt", "takagi"), default="raydt",
                          help="grads: raydt's (every trained parameter, eval mode, before and after clipping) "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -85,6 +86,21 @@ def test_every_kind_builds_runs_causally_and_rebuilds(tmp_path, name):
     ids = torch.randint(0, 300, (2, 10))
     loss = model.backbone.lm_loss(ids)
     assert torch.isfinite(loss) and 3.0 < loss.item() < 8.0  # ~log(300) for a random model
+    # what the analyses read, through the interface: attention maps that are causal
+    # distributions over real tokens, and every block's named parts
+    from raydt.analysis.run import attention_maps, block_activations
+
+    window = SimpleNamespace(states=batch["states"], actions=batch["actions"], returns_to_go=batch["returns_to_go"],
+                             timesteps=batch["timesteps"], mask=torch.ones(3, 6, dtype=torch.bool))
+    maps = attention_maps(model, window)
+    assert len(maps) == len(model.backbone.blocks) and maps[0].shape[-2:] == (18, 18)
+    torch.testing.assert_close(maps[-1].sum(-1), torch.ones(maps[-1].shape[:-1]))
+    assert float(maps[0].triu(1).abs().max()) == 0.0  # no attention to later tokens
+    torch.testing.assert_close(model(**{**batch, "mask": window.mask}), out)  # the kernel was put back
+    acts = block_activations(model, window)
+    assert f"block{len(maps) - 1}.output" in acts and len(acts) > 2 * len(maps)
+    if name == "gpt2":
+        assert "block0.mlp.dropout" in acts and "block0.attn.c_attn" in acts
 
 
 def test_gpt2_lm_loss_equals_hugging_face_causal_lm(tmp_path):

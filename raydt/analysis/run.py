@@ -121,31 +121,17 @@ def _capture(model, batch, modules: dict[Any, torch.nn.Module], tokens: slice) -
     return captured
 
 
-SUBLAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "attn.resid_dropout", "ln_2", "mlp.c_fc", "mlp.act",
-             "mlp.c_proj", "mlp.dropout")
-"""The nine sub-layers of a GPT-2 block Takagi's CKA hooks (signal_propagation.py at 200abbe)."""
-
-
 def block_activations(model, batch) -> dict[str, torch.Tensor]:
-    """Outputs of every block's sub-layers (Takagi's nine for GPT-2; ln_1, attn, ln_2, mlp
-    for other families) and of the block, at the last time step's R, s and a tokens:
+    """Outputs of every block's sub-layers (the backbone's :meth:`~raydt.model.backbone.Backbone.sublayers`:
+    Takagi's nine for GPT-2) and of the block, at the last time step's R, s and a tokens:
     name → (B, 3, h) (c_attn: 3h, c_fc and act: 4h wide)."""
+    backbone = model.backbone
     modules = {}
-    for i, block in enumerate(model.backbone.blocks):
-        names = SUBLAYERS if all(_child(block, n) is not None for n in SUBLAYERS) else ("ln_1", "attn", "ln_2", "mlp")
-        for name in names:
-            if _child(block, name) is not None:
-                modules[f"block{i}.{name}"] = _child(block, name)
+    for i, block in enumerate(backbone.blocks):
+        for name, module in backbone.sublayers(i).items():
+            modules[f"block{i}.{name}"] = module
         modules[f"block{i}.output"] = block
     return _capture(model, batch, modules, slice(-3, None))  # R_K, s_K, a_K
-
-
-def _child(module, dotted: str):
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
 
 
 def token_inputs(batch) -> torch.Tensor:
@@ -190,10 +176,11 @@ def mi(run_dir: Path, step: int | str = "last", windows: int = 4096, steps: int 
     batch = fixed_windows(payload, windows, seed=seed)
     n, k = batch.mask.shape
     depths = depth_blocks(len(model.backbone.blocks))
-    blocks = model.backbone.blocks
-    if representation == "mlp" and not all(hasattr(blocks[i], "mlp") for i in depths.values()):
-        raise ConfigError("--representation mlp: this backbone's blocks have no .mlp branch; use residual")
-    modules = {i: (blocks[i].mlp if representation == "mlp" else blocks[i]) for i in sorted(set(depths.values()))}
+    blocks, backbone = model.backbone.blocks, model.backbone
+    if representation == "mlp" and any(backbone.mlp_branch(i) is None for i in depths.values()):
+        raise ConfigError("--representation mlp: this backbone's blocks have no MLP branch; use residual")
+    modules = {i: (backbone.mlp_branch(i) if representation == "mlp" else blocks[i])
+               for i in sorted(set(depths.values()))}
     hidden = _capture(model, batch, modules, slice(None))
     raw = token_inputs(batch)  # (n, 3K, w)
     last_state, positions = 3 * k - 2, 3 * k - 1  # s_K's index; tokens 0..s_K
@@ -236,7 +223,7 @@ def per_sample_gradients(model, batch, params: dict[str, torch.Tensor], chunk: i
 
     from raydt.losses import action_loss
 
-    model.backbone.hf.config._attn_implementation = "eager"  # SDPA has no batching rule under vmap
+    model.backbone.use_eager_attention()  # SDPA has no batching rule under vmap
     frozen = {name: p.detach() for name, p in model.named_parameters() if name not in params}
     mask = batch.mask[:1]  # (1, K): all true; shared, so no data-dependent masking runs under vmap
 
@@ -355,11 +342,8 @@ def cka(run_dir: Path, pre: int | str = 0, post: int | str = "last", windows: in
 @torch.no_grad()
 def attention_maps(model, batch) -> list[torch.Tensor]:
     """Attention weights of every block on ``batch``: a list of (B, H, 3K, 3K)."""
-    hf = model.backbone.hf
-    hf.config._attn_implementation = "eager"  # SDPA does not return its weights
     tokens, token_mask = model.embed(batch.states, batch.actions, batch.returns_to_go, batch.timesteps, batch.mask)
-    out = hf(inputs_embeds=tokens, attention_mask=token_mask.long(), output_attentions=True)
-    return [a.float() for a in out.attentions]
+    return model.backbone.attention_maps(tokens, token_mask)
 
 
 def attention(run_dir: Path, steps: list[int | str], windows: int = 64, definition: str = "paper") -> dict[str, Any]:
@@ -391,9 +375,10 @@ def attention(run_dir: Path, steps: list[int | str], windows: int = 64, definiti
 def _single_head_distances(model, batch) -> list[float]:
     """Takagi's code's distance per block, from the q and k slices of each block's c_attn."""
     blocks = model.backbone.blocks
-    if not all(hasattr(getattr(b, "attn", None), "c_attn") for b in blocks):
+    parts = [model.backbone.sublayers(i).get("attn.c_attn") for i in range(len(blocks))]
+    if any(p is None for p in parts):
         raise ConfigError("--definition takagi_code needs GPT-2 blocks (attn.c_attn); use paper")
-    qkv = _capture(model, batch, {i: b.attn.c_attn for i, b in enumerate(blocks)}, slice(None))
+    qkv = _capture(model, batch, dict(enumerate(parts)), slice(None))
     out = []
     for i in range(len(blocks)):
         q, k, _ = qkv[i].chunk(3, dim=-1)  # 3 × (B, 3K, h)
@@ -452,9 +437,6 @@ def summary(what: str, result: dict[str, Any]) -> list[str]:
     ]
 
 
-PLOTS = {"params": "plot_params", "cka": "plot_cka", "attention": "plot_attention", "mi": "plot_mi",
-         "grads": "plot_grads"}
-"""The analyses that draw a figure, and the function that draws it."""
 
 
 def public(result: dict[str, Any]) -> dict[str, Any]:

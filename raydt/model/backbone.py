@@ -145,9 +145,41 @@ class Backbone(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """inputs_embeds (B, T, D), attention_mask (B, T) → last hidden states (B, T, D)."""
+        return self._run(inputs_embeds, attention_mask).last_hidden_state
+
+    def _run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **options: Any) -> Any:
+        """The Hugging Face model's output on trajectory tokens (``options``: output_attentions)."""
         implementation = getattr(self.config, "_attn_implementation", None) if self.prebuilt_mask else None
         mask = attention_mask_4d(attention_mask, inputs_embeds.dtype, implementation)
-        return self.hf(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        return self.hf(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False, **options)
+
+    def use_eager_attention(self) -> None:
+        """Switch to the plain PyTorch attention kernel (what torch.func's vmap can batch)."""
+        self.hf.set_attn_implementation("eager")
+
+    @torch.no_grad()
+    def attention_maps(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every block on trajectory tokens: a list of (B, H, T, T),
+        float32. Computed with the eager kernel (fused ones do not return their weights),
+        then the model's own kernel is put back."""
+        previous = getattr(self.config, "_attn_implementation", None)
+        self.hf.set_attn_implementation("eager")
+        try:
+            out = self._run(inputs_embeds, attention_mask, output_attentions=True)
+        finally:
+            if previous and previous != "eager":
+                self.hf.set_attn_implementation(previous)
+        return [a.float() for a in out.attentions]
+
+    def sublayers(self, index: int) -> dict[str, nn.Module]:
+        """The named parts of block ``index`` that analyses read (here: its direct children,
+        e.g. Llama's input_layernorm, self_attn, post_attention_layernorm, mlp)."""
+        return dict(self.blocks[index].named_children())
+
+    def mlp_branch(self, index: int) -> nn.Module | None:
+        """Block ``index``'s MLP branch, whose output is added to the residual stream (Takagi's
+        T_l for mutual information); None when the block has none by that name."""
+        return getattr(self.blocks[index], "mlp", None)
 
     def text_hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, L, D) of text token ids (B, L), the model's positions on."""
@@ -201,6 +233,20 @@ class GPT2Backbone(Backbone):
     def max_text_length(self) -> int | None:
         return None if self.text_positions is None else int(self.text_positions.shape[0])
 
+    SUBLAYERS = ("ln_1", "attn.c_attn", "attn.c_proj", "attn.resid_dropout", "ln_2", "mlp.c_fc", "mlp.act",
+                 "mlp.c_proj", "mlp.dropout")
+    """The nine sub-layers of a GPT-2 block whose outputs Takagi's CKA compares (signal_propagation.py at 200abbe)."""
+
+    def sublayers(self, index: int) -> dict[str, nn.Module]:
+        block = self.blocks[index]
+        try:
+            return {name: block.get_submodule(name) for name in self.SUBLAYERS}
+        except AttributeError:  # a GPT-2 layout without one of them (ImageGPT's MLP)
+            return super().sublayers(index)
+
+    def mlp_branch(self, index: int) -> nn.Module:
+        return self.blocks[index].mlp
+
 
 class ImageGPTBackbone(GPT2Backbone):
     """ImageGPT: GPT-2's layout with its own (bias-free) LayerNorm, kept as it is."""
@@ -233,14 +279,34 @@ class CLIPTextBackbone(Backbone):
         report.disabled.append("hf.embeddings.position_embedding.weight (text only, frozen)")
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.hf.final_layer_norm(self._run(inputs_embeds, attention_mask).last_hidden_state)
+
+    def _run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **options: Any) -> Any:
         from transformers.masking_utils import create_causal_mask
 
         mask = create_causal_mask(
             config=self.config, inputs_embeds=inputs_embeds,
             attention_mask=attention_mask.long(), past_key_values=None,
         )
-        out = self.hf.encoder(inputs_embeds=inputs_embeds, attention_mask=mask, is_causal=True)
-        return self.hf.final_layer_norm(out.last_hidden_state)
+        return self.hf.encoder(inputs_embeds=inputs_embeds, attention_mask=mask, is_causal=True, **options)
+
+    @torch.no_grad()
+    def attention_maps(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        # The bare encoder does not collect attentions (the text model's wrapper does): each
+        # layer's self_attn returns (output, weights) with the eager kernel, read by a hook.
+        maps: list[torch.Tensor] = []
+        hooks = [layer.self_attn.register_forward_hook(lambda _m, _i, out: maps.append(out[1].float()))
+                 for layer in self.blocks]
+        previous = getattr(self.config, "_attn_implementation", None)
+        self.hf.set_attn_implementation("eager")
+        try:
+            self._run(inputs_embeds, attention_mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            if previous and previous != "eager":
+                self.hf.set_attn_implementation(previous)
+        return maps
 
     def max_text_length(self) -> int | None:
         return int(self.text_positions.shape[0])

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raydt.errors import RaydtError
-from raydt.rundir import RunDir
+from raydt.rundir import RunDir, SweepDir
 from raydt.storage import Mirror, is_uri, join, local_view
 
 
@@ -170,14 +170,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  {trial['trial']}: {trial['error']}")
     if "://" not in outcome.sweep_dir:
         print(format_table(*summarize(Path(outcome.sweep_dir))))
-    return 1 if errored and len(errored) == len(outcome.trials) else 0
+    if errored:
+        print(f"error: {len(errored)} of {len(outcome.trials)} trial(s) failed (above; full logs in each "
+              "trial's directory)", file=sys.stderr)
+    return 1 if errored else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from raydt.report import format_csv, format_table, summarize
 
-    keys, rows = summarize(local_view(args.sweep_dir), by=args.by)
+    root = local_view(args.sweep_dir)
+    keys, rows = summarize(root, by=args.by)
     print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
+    failed = SweepDir(root).failed_trials()
+    for name, error in failed.items():  # on stderr: the CSV on stdout stays a table
+        print(f"failed trial {name}: {error}", file=sys.stderr if args.csv else sys.stdout)
     return 0
 
 
@@ -384,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except RaydtError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

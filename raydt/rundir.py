@@ -10,8 +10,8 @@ A run directory (fine-tuning or pre-training) holds::
     checkpoints/last.pt    the newest checkpoint; step_N.pt for each kept step
     analysis/              what `raydt analyze` measured (JSON and figures)
 
-A sweep directory holds ``sweep.yaml`` (the spec and its searched keys), ``timing.json``
-and one run directory per trial (with ``trial_timing.json``, the trial's wall time around
+A sweep directory holds ``sweep.yaml`` (the spec and its searched keys), ``timing.json``,
+``trials.json`` (each trial's status and error, when the sweep ended) and one run directory per trial (with ``trial_timing.json``, the trial's wall time around
 its run). Every other module asks this one for a path or a reader, so a layout change is
 made here once, and readers of old directories keep working.
 """
@@ -42,6 +42,7 @@ ANALYSIS = "analysis"
 RAY_TRAIN = "ray_train"
 TENSORBOARD_GLOB = "events.out.tfevents.*"
 SWEEP_SPEC = "sweep.yaml"
+TRIALS = "trials.json"
 
 SEED_KEY = "train.seed"
 METRIC = "eval/normalized_score"
@@ -162,6 +163,17 @@ class SweepDir:
     @property
     def timing(self) -> Path:
         return self.path / TIMING
+
+    @property
+    def trials(self) -> Path:
+        return self.path / TRIALS
+
+    def failed_trials(self) -> dict[str, str]:
+        """Trial name → its one-line error, for the trials that ended in error."""
+        if not self.trials.is_file():
+            return {}
+        rows = json.loads(self.trials.read_text())
+        return {r["trial"]: r.get("error") or "failed" for r in rows if r.get("status") == "ERROR"}
 
     def searched_keys(self) -> list[str]:
         """The keys the sweep searched (from ``sweep.yaml``); [] for a plain folder of runs."""

@@ -154,3 +154,26 @@ def test_sweep_on_uri_storage_survives_losing_its_driver(tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and all(r["post_step"] == 80 for r in rows)
     assert (first / "analysis" / "params.json").exists()
+
+
+def test_a_diverged_trial_fails_once_and_the_sweep_says_so(tmp_path, capsys):
+    from raydt.cli import main
+
+    # Two trials; the second's learning rate makes its loss NaN within the first window.
+    spec = tiny_sweep(tmp_path, seeds=1, steps=8)
+    spec.write_text(spec.read_text().replace(
+        "search:\n", "optim.warmup_steps: 0\noptim.grad_clip: 0\nresources.max_failures: 3\n"
+                     "search:\n  optim.lr: {grid: [0.0001, 1.0e+30]}\n"))
+    proc = raydt_sweep(str(spec))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-3000:]
+    assert "1 trial(s) TERMINATED, 1 in ERROR" in out
+    failed = [line for line in out.splitlines() if line.startswith("  trial_")]
+    assert len(failed) == 1 and failed[0].startswith("  trial_00001: training diverged: the loss is "), out
+    assert "restarting from the last checkpoint" not in out + err  # a permanent error ran once
+    assert "1 of 2 trial(s) failed" in err
+    rows = read_metrics(tmp_path / "tiny" / "trial_00000" / "metrics.jsonl")
+    assert rows[-1]["step"] == 8  # the other trial finished
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "tiny")]) == 0
+    assert "failed trial trial_00001: training diverged" in capsys.readouterr().out

@@ -80,7 +80,7 @@ def test_no_import_circle_in_the_package():
 
 def test_only_rundir_spells_the_run_directory_layout():
     names = ("config.resolved.yaml", "metrics.jsonl", "run_info.json", "timing.json", "trial_timing.json",
-             "last.pt", "sweep.yaml")
+             "last.pt", "sweep.yaml", "trials.json")
     pattern = re.compile("|".join(re.escape(f'"{n}"') for n in names) + r'|"checkpoints"\s*[/)]|/ "analysis"')
     spelled = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if pattern.search(p.read_text()))
     assert spelled == ["raydt.rundir"]

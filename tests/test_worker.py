@@ -68,3 +68,21 @@ def test_run_that_cannot_fit_fails_at_once(local_ray, tmp_path):
 
     with pytest.raises(ConfigError, match="one run needs 4 workers × 1 CPU but the cluster can have 2 CPU"):
         run_with_ray(tiny_config("resources.num_workers=4"), tmp_path)
+
+
+def test_permanent_failures_are_raydt_errors_and_one_line():
+    from ray.train import WorkerGroupError
+
+    from raydt.errors import ConfigError, Diverged
+    from raydt.train.worker import permanent_failure
+    from raydt.tune.run import error_line
+
+    lost = WorkerGroupError("rank 1 died", {1: RuntimeError("actor died")})
+    bad = WorkerGroupError("rank 0 failed", {1: RuntimeError("collective aborted"), 0: Diverged("training diverged")})
+    assert permanent_failure(lost) is None  # retried from the last checkpoint
+    assert isinstance(permanent_failure(bad), Diverged)
+    assert Diverged("x").exit_status == 1 and ConfigError("x").exit_status == 2
+    tune_text = ("Traceback (most recent call last):\n  File \"x.py\", line 3\n"
+                 "raydt.errors.Diverged: training diverged: the loss is nan at step 4\n")
+    assert error_line(RuntimeError(tune_text)) == "training diverged: the loss is nan at step 4"
+    assert error_line(RuntimeError("Traceback:\nValueError: boom\n")) == "ValueError: boom"

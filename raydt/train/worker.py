@@ -9,10 +9,12 @@ run directory's checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from raydt.config import ExperimentConfig, config_from_dict, to_dict
+from raydt.errors import RaydtError, RunFailed
 from raydt.rundir import CHECKPOINTS, LAST, RAY_TRAIN, RunDir, last_checkpoint_uri
 
 
@@ -125,11 +127,53 @@ def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, stora
             name=name,
             storage_path=storage_path,
             callbacks=callbacks or [],
-            # A dead worker process or node restarts the worker group, which resumes from
-            # the run directory's last checkpoint (train_loop_per_worker).
-            failure_config=FailureConfig(max_failures=config.resources.max_failures),
+            # Ray retries preemptions itself (their own budget); every other failure comes
+            # back to fit_trainer, which retries lost workers and never a permanent error.
+            failure_config=FailureConfig(max_failures=0),
         ),
     )
+
+
+def permanent_failure(error: Exception) -> RaydtError | None:
+    """The :class:`RaydtError` a failed worker group raised (lowest rank first), if any:
+    bad input or a diverged loss, which fails the same way however often it is run."""
+    failures = getattr(error, "worker_failures", {}) or {}
+    for rank in sorted(failures):
+        if isinstance(failures[rank], RaydtError):
+            return failures[rank]
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    failures = getattr(error, "worker_failures", {}) or {}
+    first = failures[min(failures)] if failures else error
+    text = str(first).strip().splitlines()
+    return f"{type(first).__name__}: {text[-1] if text else ''}"
+
+
+def fit_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str,
+                callbacks: list | None = None, log: Callable[[str], None] = print) -> Any:
+    """Run :func:`make_trainer` to the end. A worker group that fails for a reason raydt
+    names (:class:`RaydtError`) fails at once with that message; any other failure (a dead
+    worker process, a lost node) restarts the group from the run's last checkpoint, up to
+    ``resources.max_failures`` times."""
+    from ray.train import WorkerGroupError
+
+    budget = config.resources.max_failures
+    attempt = 0
+    while True:
+        try:
+            return make_trainer(config, run_dir, name, storage_path, callbacks).fit()
+        except WorkerGroupError as exc:
+            error = permanent_failure(exc)
+            if error is not None:
+                raise error.with_traceback(None) from None
+            if attempt >= budget:
+                raise RunFailed(f"the run's workers failed {attempt + 1} time(s), more than "
+                                f"resources.max_failures={budget}; last: {_first_line(exc)}") from None
+            attempt += 1
+            log(f"workers failed ({_first_line(exc)}); restarting from the last checkpoint "
+                f"(retry {attempt} of {budget})")
 
 
 def run_with_ray(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
@@ -142,7 +186,7 @@ def run_with_ray(config: ExperimentConfig, run_dir: Path, address: str | None = 
         ray.init(address=address)
     trial_capacity(config.resources, cluster_shape(), "resources")  # fail now rather than wait forever
     run_dir = run_dir.resolve()
-    make_trainer(config, run_dir, RAY_TRAIN, str(run_dir)).fit()
+    fit_trainer(config, run_dir, RAY_TRAIN, str(run_dir))
     # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
     rows = RunDir(run_dir).read_metrics()
     return {k: v for row in rows for k, v in row.items()}  # the latest value of every metric

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from raydt.resources import (
     shape_from_nodes,
     trial_capacity,
 )
-from raydt.rundir import SWEEP_SPEC, TIMING, TRIAL_TIMING
+from raydt.rundir import SWEEP_SPEC, TIMING, TRIAL_TIMING, TRIALS
 from raydt.tune.spec import SweepSpec
 
 """What a sweep directory records about its spec: searched keys, tune settings, plan."""
@@ -112,15 +113,14 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raydt.config import RawSpec, apply_overrides
-    from raydt.train.worker import make_trainer
+    from raydt.train.worker import fit_trainer
 
     raw = apply_overrides(RawSpec(run_spec["values"], run_spec["origins"]), params, source="search")
     config = build(ExperimentConfig, raw.values, raw.origins)
     context = tune.get_context()
     name = f"trial_{context.get_trial_id().rsplit('_', 1)[-1]}"  # as _trial_name names its folder
     run_dir = storage.join(sweep_dir, name)  # a local path or a URI
-    trainer = make_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    fit_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()])
     # The trial's wall time around its run's own timing.json.
     storage.write_text(storage.join(run_dir, TRIAL_TIMING),
                        json.dumps({"started": started, "finished": time.time()}, indent=1))
@@ -212,6 +212,17 @@ class SweepOutcome:
     sweep_dir: str
     trials: list[dict[str, Any]]
     """One row per trial: name, status, error, last step and metric."""
+
+
+def error_line(error: BaseException) -> str:
+    """A trial's error as one line: a raydt error's own message (Tune wraps it in its
+    traceback text), else the last line of the traceback."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        match = re.match(r"raydt\.errors\.\w+: (.*)", line)
+        if match:
+            return match.group(1)
+    return lines[-1] if lines else type(error).__name__
 
 
 def sweep_location(spec: SweepSpec, out: str | None) -> tuple[str, str]:
@@ -338,10 +349,10 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
         rows.append({
             "trial": Path(result.path).name,
             "status": "ERROR" if result.error else "TERMINATED",
-            "error": str(result.error).strip().splitlines()[-1] if result.error else None,
+            "error": error_line(result.error) if result.error else None,
             "step": metrics.get("step"),
             spec.tune.metric: metrics.get(spec.tune.metric),
         })
     rows.sort(key=lambda r: r["trial"])
-    storage.write_text(storage.join(sweep_dir, "trials.json"), json.dumps(rows, indent=1))
+    storage.write_text(storage.join(sweep_dir, TRIALS), json.dumps(rows, indent=1))
     return SweepOutcome(sweep_dir, rows)

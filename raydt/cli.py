@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raydt.errors import RaydtError
+from raydt.fsutil import data_dir, writable_dir
 from raydt.rundir import RunDir, SweepDir
 from raydt.storage import Mirror, is_uri, join, local_view
 
@@ -107,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.out and is_uri(args.out):
         raise RaydtError(f"--out {args.out}: raydt train writes a local run directory; sweeps write to "
                          "URIs (raydt sweep SPEC --out s3://...)")
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    run_dir = writable_dir(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem, "--out")
+    writable_dir(data_dir(), "RAYDT_DATA_DIR (raydt's data cache)")
     metrics = run_training(
         config, run_dir, use_ray=not args.no_ray, resume=args.resume, overwrite=args.overwrite,
         address=args.address, log=_log,
@@ -122,7 +124,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from raydt.pretrain import load_pretrain_config, pretrain
 
     config = load_pretrain_config(args.spec, args.set)
-    run_dir = Path(args.out) if args.out else Path("runs") / "pretrain" / Path(args.spec).stem
+    run_dir = writable_dir(Path(args.out) if args.out else Path("runs") / "pretrain" / Path(args.spec).stem, "--out")
     metrics = pretrain(config, run_dir, resume=args.resume, log=_log)
     print(json.dumps({"run_dir": str(run_dir), "model_dir": str(run_dir / "model"), "step": metrics.get("step"),
                       **{k: metrics[k] for k in ("eval/loss", "eval/perplexity") if k in metrics}}))
@@ -191,6 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from raydt.report import plot_curves
 
+    writable_dir(Path(args.out).parent, "--out's folder")
     print(plot_curves(local_view(args.sweep_dir), Path(args.out), by=args.by))
     return 0
 
@@ -386,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from raydt import offline
+
+    offline.apply()  # before any library that downloads is imported
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -472,6 +472,9 @@ def read_spec(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
     """
     path = Path(path)
     where = " (extended from " + " → ".join(str(p) for p in _chain) + ")" if _chain else ""
+    if path.is_dir():
+        examples = sorted(str(p) for p in path.glob("*.yaml"))[:3]
+        raise ConfigError(f"{path} is a directory; give a spec file" + (f" such as {', '.join(examples)}" if examples else ""))
     if not path.is_file():
         raise ConfigError(f"spec file {path} not found{where}")
     resolved = path.resolve()
@@ -582,6 +585,10 @@ def load_config(
 ) -> Any:
     """Read a spec file, apply overrides, and build a frozen ``cls`` (a :class:`ExperimentConfig`)."""
     raw = apply_overrides(read_spec(path), overrides)
+    sweep_sections = {key.split(".", 1)[0] for key in raw.values} & {"search", "tune"}
+    if cls is ExperimentConfig and sweep_sections:
+        raise ConfigError(f"{path} is a sweep spec (it has a {'/'.join(sorted(sweep_sections))} section): "
+                          f"run it with `raydt sweep {path}`; `raydt train` takes a single run's spec")
     return build(cls, raw.values, raw.origins)
 
 

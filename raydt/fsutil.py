@@ -31,6 +31,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` as a directory raydt can write (made if missing), or a one-line error that
+    names ``what`` (the flag or variable it came from) before any expensive work starts."""
+    from raydt.errors import RaydtError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RaydtError(f"{what} {path} is a file; give a directory (it is made if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".raydt-write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RaydtError(f"{what} {path} cannot be written ({exc.strerror or exc}); give a writable directory") from None
+    return path
+
+
 def data_dir() -> Path:
     """Root of raydt's data cache: $RAYDT_DATA_DIR, else the user cache directory."""
     env = os.environ.get("RAYDT_DATA_DIR")

@@ -25,6 +25,7 @@ from raydt.data.tasks import TASKS, get_task
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
 from raydt.fsutil import atomic_path
+from raydt.offline import is_offline
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 """Datasets every D4RL-layout file must hold."""
@@ -78,7 +79,7 @@ def fetch_d4rl(name: str, download: bool = True) -> Path:
         f"that holds {filename}, or use raydt's offline stand-in: "
         f"`raydt data make generated:{task}-{quality}`"
     )
-    if not download or os.environ.get("RAYDT_OFFLINE", "0") not in ("", "0"):
+    if not download or is_offline():
         raise DataError(f"d4rl:{name}: {path} not found; {hint}")
     try:
         _download(url, path)

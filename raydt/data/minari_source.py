@@ -13,6 +13,7 @@ import numpy as np
 
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
+from raydt.offline import is_offline
 
 
 def read_minari(dataset_id: str, download: bool = True) -> Trajectories:
@@ -27,7 +28,7 @@ def read_minari(dataset_id: str, download: bool = True) -> Trajectories:
             f"looked in {root}; fetch it with `minari download {dataset_id}` "
             "(needs the network), or point $MINARI_DATASETS_PATH at a folder that holds it"
         )
-        if not download or os.environ.get("RAYDT_OFFLINE", "0") not in ("", "0"):
+        if not download or is_offline():
             raise DataError(f"{source}: not found locally; {hint}")
         try:
             minari.download_dataset(dataset_id)

@@ -32,6 +32,7 @@ import torch
 
 from raydt.errors import ConfigError, DataError
 from raydt.fsutil import atomic_path, data_dir, locked
+from raydt.offline import is_offline
 
 HELD_OUT = 0.02
 """Fraction of a corpus's tokens (its end) kept out of training for held-out loss."""
@@ -132,7 +133,7 @@ def parse_text_uri(uri: str) -> TextSource:
 
 
 def _read_wikitext() -> str:
-    if os.environ.get("RAYDT_OFFLINE"):
+    if is_offline():
         raise DataError("wikitext-103 needs the network once and downloads are off (RAYDT_OFFLINE); "
                         "use text:/path, gcide: or pydoc: instead")
     try:

@@ -20,7 +20,6 @@ other Hugging Face model that accepts ``inputs_embeds``: Llama, GPT-NeoX, SmolLM
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raydt.errors import ConfigError
+from raydt.offline import is_offline
 
 KINDS = ("gpt2", "imagegpt", "clip", "auto")
 
@@ -408,7 +408,7 @@ def _load_config(name_or_path: str) -> Any:
     try:
         return AutoConfig.from_pretrained(str(local) if local.exists() else name_or_path)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("RAYDT_OFFLINE")
+        offline = is_offline()
         raise ConfigError(
             f"model.backbone={name_or_path!r} could not be loaded ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0]}); give a local directory written by save_pretrained"

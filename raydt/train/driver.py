@@ -39,8 +39,10 @@ def run_training(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir``; bad input fails here, before Ray or a model starts."""
+    from raydt.preflight import check_configs
     from raydt.train.loop import RunContext, fit, resolve_run_data
 
+    check_configs([("", config)])  # backbone, dataset file and text exist, before anything is built
     prepare_run_dir(run_dir, resume, overwrite)
     if config.resources.use_gpu:
         import torch

@@ -9,6 +9,7 @@ run directory's checkpoint.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     """
     import ray.train
 
+    from raydt import offline
+
+    if payload.get("offline"):  # a worker on another node: the driver's environment did not reach it
+        os.environ[offline.VARIABLE] = "1"
+    offline.apply()
     from raydt.train.loop import Trainer, agree_with_rank0
 
     config = config_from_dict(payload["config"])
@@ -116,12 +122,13 @@ def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, stora
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
+    from raydt.offline import is_offline
     from raydt.storage import is_uri
 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_dir": None if is_uri(run_dir) else str(run_dir),
-                           "storage": str(run_dir) if is_uri(run_dir) else None},
+                           "storage": str(run_dir) if is_uri(run_dir) else None, "offline": is_offline()},
         scaling_config=scaling_config(config),
         run_config=RayRunConfig(
             name=name,

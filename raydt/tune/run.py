@@ -25,6 +25,7 @@ from raydt import storage
 from raydt.config import ExperimentConfig, build, to_dict
 from raydt.convergence import converged_index
 from raydt.errors import ConfigError, RaydtError
+from raydt.fsutil import writable_dir
 from raydt.resources import (
     Capacity,
     ClusterShape,
@@ -248,6 +249,13 @@ def run_sweep(
     if cluster_file is not None and (not dry_run or address is not None):
         raise ConfigError("--cluster plans a sweep for a cluster file: use it with --dry-run and without "
                           "--address (a sweep runs on, and a dry run with --address plans for, the cluster it joins)")
+    # Every file and backbone any trial will read, checked before a plan or Ray.
+    from raydt.preflight import check_configs
+
+    check_configs((", ".join(f"{k}={v}" for k, v in point.items()), spec.trial_config(point))
+                  for point in spec.discrete_points())
+    if not dry_run and not storage.is_uri(storage_path):
+        writable_dir(storage_path, "--out / tune.storage_path")
     if dry_run and address is None:
         shape = load_cluster_file(cluster_file) if cluster_file is not None else local_shape()
         try:

@@ -111,6 +111,13 @@ class SweepSpec:
         grid = [d for d in self.dimensions if d.kind == "grid"]
         return [dict(zip([d.key for d in grid], combo)) for combo in itertools.product(*[d.values for d in grid])]
 
+    def discrete_points(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Every combination of the values of its grid and choice dimensions (at most
+        ``limit``): what a pre-flight check must cover (continuous ranges cannot name files)."""
+        dims = [d for d in self.dimensions if d.kind in ("grid", "choice")]
+        combos = itertools.islice(itertools.product(*[d.values for d in dims]), limit)
+        return [dict(zip([d.key for d in dims], combo)) for combo in combos] or [{}]
+
     @property
     def num_trials(self) -> int:
         if self.tune.searcher == "grid":

@@ -1,0 +1,106 @@
+"""Bad input and faults: one line naming the file, key or value and the fix, exit status 2
+(bad input) or 1 (a failed run), before expensive work, nothing already written changed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raydt.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = str(REPO / "tune_specs/runs/hopper_medium_dt.yaml")
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    status = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return status, err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_out_that_is_a_file_is_refused_before_anything_is_built(tmp_path, capsys):
+    out = tmp_path / "results.txt"
+    out.write_text("precious")
+    status, err = run(capsys, "train", SPEC, "--no-ray", "--out", str(out), "--set", "train.steps=2")
+    assert status == 2 and "--out" in one_line(err) and "is a file" in err
+    assert out.read_text() == "precious"
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    monkeypatch.setenv("RAYDT_DATA_DIR", str(cache))
+    status, err = run(capsys, "train", SPEC, "--no-ray", "--out", str(tmp_path / "run"))
+    assert status == 2 and "RAYDT_DATA_DIR" in one_line(err)
+    assert cache.read_text() == "not a folder" and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_compare_out_in_a_folder_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "figs"
+    blocker.write_text("x")
+    status, err = run(capsys, "compare", str(tmp_path), "--out", str(blocker / "curves.png"))
+    assert status == 2 and "is a file" in one_line(err)
+
+
+def test_spec_path_that_is_a_directory(capsys):
+    status, err = run(capsys, "train", str(REPO / "tune_specs"), "--no-ray")
+    assert status == 2 and "is a directory; give a spec file such as" in one_line(err)
+
+
+def test_sweep_spec_given_to_train_says_to_use_sweep(capsys):
+    spec = str(REPO / "tune_specs/quickstart.yaml")
+    status, err = run(capsys, "train", spec, "--no-ray")
+    assert status == 2 and f"raydt sweep {spec}" in one_line(err)
+
+
+@pytest.mark.parametrize("episodes", ["0", "-3"])
+def test_eval_with_no_or_negative_episodes(tmp_path, capsys, episodes):
+    status, err = run(capsys, "eval", str(tmp_path), "--episodes", episodes)
+    assert status == 2 and f"--episodes {episodes}: give a positive number" in one_line(err)
+
+
+def test_sweep_dry_run_checks_every_search_point(tmp_path, capsys):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"extends: {REPO / 'tune_specs/quickstart.yaml'}\ntune: {{storage_path: {tmp_path}}}\n"
+                    "search:\n  model.backbone: {grid: [random, /nonexistent/chibit]}\n"
+                    f"  data.dataset: {{choice: ['generated:hopper-medium', 'd4rl:{tmp_path}/missing.hdf5']}}\n")
+    for extra in (["--dry-run"], []):
+        status, err = run(capsys, "sweep", str(spec), *extra)
+        assert status == 2 and "2 problems before any trial starts" in err and "Traceback" not in err
+        assert "model.backbone='/nonexistent/chibit': no such directory" in err
+        assert "missing.hdf5 not found" in err and "(search point: " in err
+    assert not (tmp_path / "quickstart").exists()  # nothing started
+
+
+def test_offline_switches_every_library_before_it_is_imported(tmp_path):
+    code = ("import os; from raydt import offline; offline.apply(); import huggingface_hub.constants as c; "
+            "print(c.HF_HUB_OFFLINE, os.environ['HF_DATASETS_OFFLINE'], os.environ['TRANSFORMERS_OFFLINE'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"RAYDT_OFFLINE": "1"}, cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "1", "1"]
+    out = subprocess.run([sys.executable, "-c", "from raydt import offline; print(offline.apply())"],
+                         env=env | {"RAYDT_OFFLINE": "0"}, cwd=REPO, capture_output=True, text=True).stdout
+    assert out.strip() == "False"
+
+
+def test_offline_hub_backbone_fails_at_once_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env |= {"RAYDT_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "RAYDT_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run([sys.executable, "-m", "raydt", "train", SPEC, "--no-ray", "--out", str(tmp_path / "run"),
+                           "--set", "model.backbone=gpt2"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = one_line(proc.stderr)
+    assert "model.backbone='gpt2'" in line and "RAYDT_OFFLINE" in line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

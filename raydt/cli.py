@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +166,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     from raydt.report import format_table, summarize
 
+    if outcome.unfinished:
+        again = shlex.join(["raydt", "sweep", args.spec, *(a for s in args.set or [] for a in ("--set", s)),
+                            *(["--out", args.out] if args.out else []),
+                            *(["--address", args.address] if args.address else []), "--resume"])
+        print(f"error: sweep interrupted with {outcome.unfinished} trial(s) unfinished; finished trials and "
+              f"checkpoints are kept in {outcome.sweep_dir}; continue with: {again}", file=sys.stderr)
+        return 130
     errored = [t for t in outcome.trials if t["status"] == "ERROR"]
     print(f"sweep directory: {outcome.sweep_dir}")
     print(f"{len(outcome.trials) - len(errored)} trial(s) TERMINATED, {len(errored)} in ERROR")
@@ -182,19 +190,78 @@ def cmd_report(args: argparse.Namespace) -> int:
     from raydt.report import format_csv, format_table, summarize
 
     root = local_view(args.sweep_dir)
-    keys, rows = summarize(root, by=args.by)
-    print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
+    if args.table:
+        from raydt.tables import paper_table
+
+        print(paper_table(args.table, root, fmt=args.format, cells=args.cells, which=args.score, by=args.by,
+                          reps=args.reps))
+    else:
+        keys, rows = summarize(root, by=args.by)
+        print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
+    if args.intervals or args.compare or args.profile:
+        _report_intervals(args, root)
+    if args.tensorboard:
+        from raydt.report import write_group_runs
+
+        written = write_group_runs(root, by=args.by)
+        print(f"grouped TensorBoard runs: {len(written)} under {SweepDir(root).groups} "
+              f"(tensorboard --logdir {root})")
     failed = SweepDir(root).failed_trials()
     for name, error in failed.items():  # on stderr: the CSV on stdout stays a table
         print(f"failed trial {name}: {error}", file=sys.stderr if args.csv else sys.stdout)
     return 0
 
 
+def _report_intervals(args: argparse.Namespace, root: Path) -> None:
+    """Interval estimates, probability of improvement and performance profiles (rliable)."""
+    import numpy as np
+
+    from raydt import stats
+
+    final = stats.score_matrices(root, by=args.by, which=args.score)
+    if not final.scores:
+        raise RaydtError(f"{root}: no group has an evaluated run for every dataset; nothing to estimate")
+    shape = ", ".join(f"{g}: {m.shape[0]} run(s) × {m.shape[1]} dataset(s)" for g, m in final.scores.items())
+    print(f"\ninterval estimates over seeds and datasets ({shape}); stratified bootstrap, {args.reps} reps, 95% CI")
+    if args.intervals:
+        for which in ("final", "best", "converged_step"):
+            m = final if which == args.score else stats.score_matrices(root, by=args.by, which=which)
+            step = which == "converged_step"
+            est = stats.interval_estimates(m.scores, reps=args.reps, scale=1.0 if step else 100.0,
+                                           aggregates=stats.STEP_AGGREGATES if step else stats.AGGREGATES)
+            print(stats.format_estimates(est, which))
+    if args.compare:
+        a, b = args.compare
+        missing = [g for g in (a, b) if g not in final.scores]
+        if missing:
+            raise RaydtError(f"--compare {' '.join(missing)}: no such group; groups: {', '.join(final.scores)}")
+        point, low, high = stats.probability_of_improvement(final.scores[a], final.scores[b], reps=args.reps)
+        print(f"P({a} > {b}) = {point:.3f} [{low:.3f}, {high:.3f}] ({args.score} score)")
+    if args.profile:
+        writable_dir(Path(args.profile).parent, "--profile's folder")
+        taus = np.linspace(0, 110, 111)
+        path = stats.plot_profiles(stats.performance_profiles(final.scores, taus, reps=args.reps), taus,
+                                   Path(args.profile), f"{Path(root).name}: performance profiles ({args.score} score)")
+        print(f"performance profiles: {path}")
+    for note in final.notes:
+        print(f"note: {note}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from raydt.report import plot_curves
 
     writable_dir(Path(args.out).parent, "--out's folder")
-    print(plot_curves(local_view(args.sweep_dir), Path(args.out), by=args.by))
+    root = local_view(args.sweep_dir)
+    print(plot_curves(root, Path(args.out), by=args.by, band=args.band))
+    if args.profile:
+        import numpy as np
+
+        from raydt import stats
+
+        matrices = stats.score_matrices(root, by=args.by)
+        taus = np.linspace(0, 110, 111)
+        print(stats.plot_profiles(stats.performance_profiles(matrices.scores, taus), taus, Path(args.profile),
+                                  f"{Path(root).name}: performance profiles (final score)"))
     return 0
 
 
@@ -333,12 +400,34 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep_dir")
     report.add_argument("--by", action="append", default=None, metavar="KEY", help="group by this key (repeatable)")
     report.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    report.add_argument("--table", choices=("reid2", "reid3", "reid6"), default=None,
+                        help="a paper's table: reid2 (datasets × groups, scores), reid3 (convergence steps), "
+                             "reid6 (groups × datasets, ablations); order and labels from the spec's report: section")
+    report.add_argument("--format", choices=("md", "latex", "csv"), default="md", help="format of --table (default md)")
+    report.add_argument("--cells", choices=("mean_std", "iqm"), default="mean_std",
+                        help="--table cells: mean ± std over seeds, or IQM [95%% CI] (default mean_std)")
+    report.add_argument("--score", choices=("final", "best"), default="final",
+                        help="which score of a run --table and --intervals use (default final)")
+    report.add_argument("--intervals", action="store_true",
+                        help="IQM, mean, median and optimality gap with stratified-bootstrap 95%% CIs (rliable), "
+                             "per group across datasets: final and best score, convergence step")
+    report.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                        help="probability that group A improves on group B (labels as --intervals prints them)")
+    report.add_argument("--profile", default=None, metavar="OUT.png", help="draw performance profiles (with CIs)")
+    report.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
+    report.add_argument("--tensorboard", action="store_true",
+                        help="(re)write SWEEP/groups/: one TensorBoard run per group, seed mean and min-max "
+                             "(a sweep writes them when it ends)")
     report.set_defaults(func=cmd_report)
 
     compare = sub.add_parser("compare", help="learning curves of a sweep's groups")
     compare.add_argument("sweep_dir")
     compare.add_argument("--out", required=True, help="PNG to write")
     compare.add_argument("--by", action="append", default=None, metavar="KEY", help="group by this key (repeatable)")
+    compare.add_argument("--band", choices=("ci", "minmax"), default="ci",
+                         help="band around each group's mean: 95%% bootstrap CI of the mean (default) or the seeds' range")
+    compare.add_argument("--profile", default=None, metavar="OUT.png",
+                         help="also draw performance profiles of the final scores (groups across datasets)")
     compare.set_defaults(func=cmd_compare)
 
     bench = sub.add_parser("bench", help="benchmarks over finished runs").add_subparsers(dest="bench_command", required=True)

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from raydt.convergence import Curve, group_convergence
+from raydt.errors import RaydtError
 from raydt.figures import curves_figure, save_curves_figure
 from raydt.rundir import METRIC, find_runs, group_runs
+from raydt.stats import group_label, readable
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -54,7 +56,7 @@ def format_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
     """A plain-text table like Reid et al.'s Table 2 (mean ± std over seeds)."""
     header = [*keys, "trials", "best", "final", "converged"]
     body = [
-        [*(str(r[k]) for k in keys), str(r["trials"]),
+        [*(readable(r[k]) for k in keys), str(r["trials"]),
          f"{r['best_mean']:.1f} ± {r['best_std']:.1f}", f"{r['final_mean']:.1f} ± {r['final_std']:.1f}",
          _converged_cell(r)]
         for r in rows
@@ -84,23 +86,106 @@ def format_csv(keys: list[str], rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def plot_curves(root: Path, out: Path, by: Sequence[str] | None = None, metric: str = METRIC) -> Path:
-    """Learning curves per group (mean and min–max over seeds) against training steps and
-    against training seconds (evaluation excluded), side by side."""
-    trials = find_runs(root, metric)
-    keys, groups = group_runs(trials, by, root)
+def plot_curves(root: Path, out: Path, by: Sequence[str] | None = None, metric: str = METRIC,
+                band: str = "ci", reps: int = 1000) -> Path:
+    """Learning curves per group, the mean over seeds with a band (``ci``: the 95%
+    stratified-bootstrap interval of the mean, rliable; ``minmax``: the seeds' range),
+    against training steps and against training seconds (evaluation excluded)."""
+    if band not in ("ci", "minmax"):
+        raise RaydtError(f"--band {band!r}: use ci or minmax")
+    runs = find_runs(root, metric)
+    keys, groups = group_runs(runs, by, root)
     fig, ax_steps, ax_secs = curves_figure()
     for values, members in groups.items():
-        label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values)) or "all runs"
-        curves = [t.evals for t in members if t.evals]
+        label = group_label(keys, values)
+        curves = [r.evals for r in members if r.evals]
         if not curves:
             continue
         n = min(len(c) for c in curves)  # seeds aligned on their common evaluation points
-        steps = np.array([c[i]["step"] for i in range(n) for c in curves[:1]])
+        steps = np.array([curves[0][i]["step"] for i in range(n)])
         scores = np.array([[c[i][metric] for i in range(n)] for c in curves])  # (seeds, evals)
         seconds = np.array([[c[i].get("perf/train_seconds", np.nan) for i in range(n)] for c in curves]).mean(axis=0)
         mean = scores.mean(axis=0)
+        low, high = (curve_intervals(scores, reps) if band == "ci" and len(curves) > 1
+                     else (scores.min(axis=0), scores.max(axis=0)))
         for ax, x in ((ax_steps, steps), (ax_secs, seconds)):
             (line,) = ax.plot(x, mean, label=f"{label} (n={len(curves)})")
-            ax.fill_between(x, scores.min(axis=0), scores.max(axis=0), alpha=0.2, color=line.get_color())
-    return save_curves_figure(fig, ax_steps, ax_secs, metric, f"{Path(root).name}: mean over seeds, band = min–max", out)
+            ax.fill_between(x, low, high, alpha=0.2, color=line.get_color())
+    what = "95% bootstrap CI of the mean" if band == "ci" else "min–max"
+    return save_curves_figure(fig, ax_steps, ax_secs, metric, f"{Path(root).name}: mean over seeds, band = {what}", out)
+
+
+def curve_intervals(scores: np.ndarray, reps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the 95% bootstrap interval of the seed mean at every evaluation of
+    ``scores`` (seeds, evals), with rliable (the evaluations are its third axis)."""
+    from rliable import library as rly
+
+    from raydt.stats import quiet_bootstrap
+
+    def per_eval_mean(x: np.ndarray) -> np.ndarray:  # x: (seeds, 1, evals)
+        return x.mean(axis=(0, 1))
+
+    with quiet_bootstrap():
+        _, intervals = rly.get_interval_estimates({"g": scores[:, None, :]}, per_eval_mean, reps=reps,
+                                                  random_state=np.random.RandomState(0))
+    return np.asarray(intervals["g"][0]), np.asarray(intervals["g"][1])
+
+
+def write_group_runs(root: Path, by: Sequence[str] | None = None) -> list[Path]:
+    """One TensorBoard run per group under ``SWEEP/groups/<label>/``: at every evaluation
+    step the seed-mean of each ``eval/`` metric (same tag as the trials', so TensorBoard
+    overlays them) and its min and max over seeds (``<tag>/min``, ``<tag>/max``), a
+    custom-scalars margin chart of mean and spread, and an HParams row per group. Replaces
+    what an earlier call wrote. Only steps every seed evaluated are averaged."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from raydt.rundir import SweepDir
+
+    root = Path(root)
+    runs = find_runs(root, METRIC)
+    keys, groups = group_runs(runs, by, root)
+    folder = SweepDir(root).groups
+    shutil.rmtree(folder, ignore_errors=True)
+    written = []
+    tags = sorted({k for r in runs for row in r.evals for k, v in row.items()
+                   if k.startswith("eval/") and isinstance(v, (int, float))})
+    layout = {"raydt groups": {f"{tag} (seed mean, min-max)": ["Margin", [tag, f"{tag}/min", f"{tag}/max"]]
+                               for tag in tags}}
+    for values, members in groups.items():
+        label = group_label(keys, values)
+        evaluated = [run for run in members if run.evals]  # a run that never evaluated has no curve
+        per_step: dict[int, list[dict[str, Any]]] = {}
+        for run in evaluated:
+            for row in run.evals:
+                per_step.setdefault(int(row["step"]), []).append(row)
+        path = folder / _safe_name(label)
+        writer = SummaryWriter(log_dir=str(path))
+        try:
+            writer.add_custom_scalars(layout)
+            last: dict[str, float] = {}
+            for step in sorted(per_step):
+                rows = per_step[step]
+                if len(rows) < len(evaluated):
+                    continue  # a seed has not evaluated here: no mean to show
+                for tag in tags:
+                    vals = [float(r[tag]) for r in rows if isinstance(r.get(tag), (int, float))]
+                    if len(vals) == len(rows):
+                        mean = float(np.mean(vals))
+                        writer.add_scalar(tag, mean, step)
+                        writer.add_scalar(f"{tag}/min", min(vals), step)
+                        writer.add_scalar(f"{tag}/max", max(vals), step)
+                        last[tag] = mean
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in zip(keys, values)}
+            writer.add_hparams(hparams | {"group": label, "seeds": len(evaluated)},
+                               {f"hparams/{k}": v for k, v in last.items()}, run_name=".")
+        finally:
+            writer.close()
+        written.append(path)
+    return written
+
+
+def _safe_name(label: str) -> str:
+    """A group label as a folder name TensorBoard shows readably."""
+    return "".join(c if c.isalnum() or c in "=.,-_:" else "_" for c in label.replace(", ", ",")) or "all"

@@ -11,7 +11,8 @@ A run directory (fine-tuning or pre-training) holds::
     analysis/              what `raydt analyze` measured (JSON and figures)
 
 A sweep directory holds ``sweep.yaml`` (the spec and its searched keys), ``timing.json``,
-``trials.json`` (each trial's status and error, when the sweep ended) and one run directory per trial (with ``trial_timing.json``, the trial's wall time around
+``trials.json`` (each trial's status and error, when the sweep ended), ``groups/`` (one
+TensorBoard run per group of seeds: their mean and spread) and one run directory per trial (with ``trial_timing.json``, the trial's wall time around
 its run). Every other module asks this one for a path or a reader, so a layout change is
 made here once, and readers of old directories keep working.
 """
@@ -43,6 +44,7 @@ RAY_TRAIN = "ray_train"
 TENSORBOARD_GLOB = "events.out.tfevents.*"
 SWEEP_SPEC = "sweep.yaml"
 TRIALS = "trials.json"
+GROUPS = "groups"
 
 SEED_KEY = "train.seed"
 METRIC = "eval/normalized_score"
@@ -163,6 +165,10 @@ class SweepDir:
     @property
     def timing(self) -> Path:
         return self.path / TIMING
+
+    @property
+    def groups(self) -> Path:
+        return self.path / GROUPS
 
     @property
     def trials(self) -> Path:

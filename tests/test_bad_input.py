@@ -104,3 +104,19 @@ def test_offline_hub_backbone_fails_at_once_with_one_line(tmp_path):
     line = one_line(proc.stderr)
     assert "model.backbone='gpt2'" in line and "RAYDT_OFFLINE" in line
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("case", ["empty", "missing"])
+def test_pretraining_corpus_errors_name_corpus_text(tmp_path, capsys, case):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if case == "empty":
+        (corpus / "a.txt").write_text("  \n")
+    target = corpus if case == "empty" else tmp_path / "nowhere"
+    spec = tmp_path / "lm.yaml"
+    spec.write_text(f'corpus: {{text: "text:{target}", tokenizer: bpe, vocab_size: 300, block_size: 32}}\n'
+                    "model: {n_embd: 32, n_head: 2, n_layer: 2}\ntrain: {steps: 2}\n")
+    status, err = run(capsys, "pretrain", str(spec), "--out", str(tmp_path / "run"))
+    line = one_line(err)
+    assert status == 2 and f"corpus.text='text:{target}'" in line and "loss.text" not in line
+    assert ("no text there" if case == "empty" else "does not exist") in line

@@ -177,3 +177,24 @@ def test_a_diverged_trial_fails_once_and_the_sweep_says_so(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "tiny")]) == 0
     assert "failed trial trial_00001: training diverged" in capsys.readouterr().out
+
+
+def test_an_interrupted_sweep_says_how_to_continue(tmp_path):
+    spec = tiny_sweep(tmp_path, seeds=2, steps=400, extra="max_concurrent: 1")
+    proc = raydt_sweep(str(spec))
+    first = tmp_path / "tiny" / "trial_00000"
+    wait_for(lambda: (first / "metrics.jsonl").exists() and len(eval_steps(first)) >= 2 or proc.poll() is not None,
+             timeout=300, every=0.1)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"continue with: raydt sweep {spec} --resume" in err and "sweep interrupted" in err
+    assert "Tuner.restore" not in out + err
+    assert load_checkpoint_step(first) > 0  # what was done is kept
+
+
+def load_checkpoint_step(run_dir: Path) -> int:
+    from raydt.train.checkpoint import load_checkpoint
+
+    return int(load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"])

@@ -75,6 +75,8 @@ class TextSource:
     uri: str
     kind: str
     path: Path | None = None
+    key: str = "loss.text"
+    """The config key the URI came from, for messages (loss.text or corpus.text)."""
 
     def identity(self) -> dict[str, Any]:
         """What the cache key depends on: for files, their paths, sizes and mtimes."""
@@ -97,38 +99,45 @@ class TextSource:
             with gzip.open(self.path, "rt", encoding="utf-8", errors="replace") as fh:
                 return _clean_gcide(fh.read())
         parts = []
-        for f in _files_under(self.path):
+        files = _files_under(self.path)
+        for f in files:
             try:
                 parts.append(f.read_text(encoding="utf-8"))
             except UnicodeDecodeError:
-                raise DataError(f"{self.uri}: {f} is not UTF-8 text; remove it or point at text files only") from None
-        return "\n\n".join(parts)
+                raise DataError(f"{self.key}={self.uri!r}: {f} is not UTF-8 text; remove it or point at text "
+                                "files only") from None
+        text = "\n\n".join(parts)
+        if not text.strip():
+            raise DataError(f"{self.key}={self.uri!r}: no text there ({len(files)} file(s), all empty); "
+                            "point it at a file or folder of text")
+        return text
 
 
-def parse_text_uri(uri: str) -> TextSource:
-    """Check a text URI without reading it (fails before any training starts)."""
+def parse_text_uri(uri: str, key: str = "loss.text") -> TextSource:
+    """Check a text URI without reading it (fails before any training starts); ``key`` is
+    the config key it came from, named in errors."""
     if uri in ("wikitext-103", "wikitext:103"):
-        return TextSource(uri, "wikitext-103")
+        return TextSource(uri, "wikitext-103", key=key)
     if uri in ("pydoc", "pydoc:"):
-        return TextSource(uri, "pydoc")
+        return TextSource(uri, "pydoc", key=key)
     scheme, sep, rest = uri.partition(":")
     if sep and scheme == "text":
         if not rest:
-            raise ConfigError(f"loss.text={uri!r}: give a path, for example text:/data/corpus.txt")
+            raise ConfigError(f"{key}={uri!r}: give a path, for example text:/data/corpus.txt")
         path = Path(rest).expanduser()
         if not path.exists():
-            raise ConfigError(f"loss.text={uri!r}: {path} does not exist")
-        return TextSource(uri, "text", path)
+            raise ConfigError(f"{key}={uri!r}: {path} does not exist")
+        return TextSource(uri, "text", path, key=key)
     if sep and scheme == "gcide":
         path = Path(rest or os.environ.get("RAYDT_GCIDE", GCIDE_DEFAULT)).expanduser()
         if not path.is_file():
             raise ConfigError(
-                f"text source {uri!r}: {path} not found; install Debian's dict-gcide "
+                f"{key}={uri!r}: {path} not found; install Debian's dict-gcide "
                 "(apt-get install dict-gcide) or give gcide:/path/to/gcide.dict.dz"
             )
-        return TextSource(uri, "gcide", path)
+        return TextSource(uri, "gcide", path, key=key)
     raise ConfigError(
-        f"text source {uri!r} is not recognised; use wikitext-103, text:/path, gcide:[PATH] or pydoc:"
+        f"{key}={uri!r} is not recognised; use wikitext-103, text:/path, gcide:[PATH] or pydoc:"
     )
 
 
@@ -157,9 +166,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(vocab.encode()).hexdigest()[:16]
 
 
-def tokenize_cached(uri: str, tokenizer: Any, log: Callable[[str], None] = print) -> np.ndarray:
+def tokenize_cached(uri: str, tokenizer: Any, log: Callable[[str], None] = print,
+                    key: str = "loss.text") -> np.ndarray:
     """All token ids of a text source under ``tokenizer`` (int32), computed once."""
-    source = parse_text_uri(uri)
+    source = parse_text_uri(uri, key)
     key = hashlib.sha256(
         json.dumps([source.identity(), tokenizer_fingerprint(tokenizer)], default=str).encode()
     ).hexdigest()[:24]

@@ -69,7 +69,7 @@ def make_tokenizer(cfg: CorpusConfig, log: Callable[[str], None] = print) -> tup
                 raise ConfigError(f"corpus.tokenizer={choice!r} could not be loaded ({exc.__class__.__name__}); "
                                   "give a directory holding a tokenizer, or use bpe") from None
             log("GPT-2's tokenizer is not available offline: training a byte-level BPE on the corpus")
-    text = parse_text_uri(cfg.text).read()
+    text = parse_text_uri(cfg.text, "corpus.text").read()
     return _train_bpe(text, cfg.vocab_size), f"bpe-{cfg.vocab_size}"
 
 
@@ -150,7 +150,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
         tokenizer, tok_name = make_tokenizer(cfg.corpus, log=log)
         tokenizer.save_pretrained(tok_dir)
         (tok_dir / "raydt.json").write_text(json.dumps({"name": tok_name}))
-    ids = tokenize_cached(cfg.corpus.text, tokenizer, log=log)
+    ids = tokenize_cached(cfg.corpus.text, tokenizer, log=log, key="corpus.text")
     train_ids, held_ids = split_tokens(ids)
     block = cfg.corpus.block_size
     log(f"corpus {cfg.corpus.text}: {len(ids):,} tokens ({tok_name}, vocabulary {len(tokenizer):,}); "

@@ -10,7 +10,9 @@ the cluster's resources (otherwise trials wait forever for resources they can ne
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -213,6 +215,8 @@ class SweepOutcome:
     sweep_dir: str
     trials: list[dict[str, Any]]
     """One row per trial: name, status, error, last step and metric."""
+    unfinished: int = 0
+    """Trials the sweep did not get to end (it was interrupted); ``--resume`` continues them."""
 
 
 def error_line(error: BaseException) -> str:
@@ -307,6 +311,7 @@ def run_sweep(
         "searched_keys": spec.searched_keys,
         "tune": to_dict(spec.tune),
         "plan": {"num_trials": plan.num_trials, "concurrency": plan.concurrency},
+        "report": dict(spec.report),
     }, sort_keys=False))
     return _fit(spec, storage_path, sweep_dir, plan, resume, log)
 
@@ -348,7 +353,17 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
             ),
         )
     started = time.time()
-    grid = tuner.fit()
+    # raydt's runs write their own TensorBoard events; Tune's loggers would add a second copy
+    # of every metric (ray/tune/...) to each trial directory.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    # Tune's own interruption notice points at Tuner.restore; raydt says how to resume instead.
+    tune_log = logging.getLogger("ray.tune.tune")
+    level = tune_log.level
+    tune_log.setLevel(logging.ERROR)
+    try:
+        grid = tuner.fit()
+    finally:
+        tune_log.setLevel(level)
     storage.write_text(storage.join(sweep_dir, TIMING), json.dumps(
         {"started": started, "finished": time.time(), "concurrency": plan.concurrency}, indent=1))
     rows = []
@@ -363,4 +378,13 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
         })
     rows.sort(key=lambda r: r["trial"])
     storage.write_text(storage.join(sweep_dir, TRIALS), json.dumps(rows, indent=1))
-    return SweepOutcome(sweep_dir, rows)
+    if not storage.is_uri(sweep_dir):  # grouped curves for `tensorboard --logdir SWEEP`
+        from raydt.report import write_group_runs
+
+        try:
+            write_group_runs(Path(sweep_dir))
+        except RaydtError as exc:  # no run evaluated: nothing to group, the sweep's outcome stands
+            log(f"no grouped TensorBoard runs: {exc}")
+    # Trials neither finished nor failed: the sweep was stopped (Ctrl-C) before they ended.
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    return SweepOutcome(sweep_dir, rows, unfinished=max(unfinished, spec.num_trials - len(grid), 0))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +93,8 @@ class SweepSpec:
     run: RawSpec
     dimensions: tuple[Dimension, ...]
     tune: SearchConfig
+    report: Mapping[str, Any] = field(default_factory=dict)
+    """The ``report:`` section: order and labels of `raydt report --table` (raydt.tables.Layout)."""
 
     @property
     def name(self) -> str:
@@ -167,7 +169,8 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
     values = dict(raw.values)
     search = values.pop("search", None) or {}
     tune_values = values.pop("tune", None) or {}
-    origins = {k: v for k, v in raw.origins.items() if not k.startswith(("search.", "tune."))}
+    report = values.pop("report", None) or {}
+    origins = {k: v for k, v in raw.origins.items() if not k.startswith(("search.", "tune.", "report."))}
     run = apply_overrides(RawSpec(values, origins), overrides)
     if not isinstance(search, Mapping):
         raise ConfigError(f"{path}: 'search' must map dotted keys to distributions")
@@ -177,7 +180,10 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
     if not isinstance(tune_values, Mapping):
         raise ConfigError(f"{path}: 'tune' must be a mapping of settings")
     tune = build(SearchConfig, tune_values, raw.origins, prefix="tune.")
-    spec = SweepSpec(path, run, dimensions, tune)
+    from raydt.tables import Layout
+
+    Layout.from_spec(report, f"{path}: report")  # checked now, used by `raydt report --table`
+    spec = SweepSpec(path, run, dimensions, tune, dict(report))
     spec.base_config()  # the run part alone must be valid
     for dim in dimensions:  # so must every value the search can produce
         for value in _probe_values(dim):

@@ -133,11 +133,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from raydt.eval.saved import evaluate_checkpoint
+    from raydt.eval.saved import evaluate_checkpoint, evaluate_hf
+    from raydt.hf_dt import is_hf_dt
 
-    metrics = evaluate_checkpoint(
-        Path(args.checkpoint), episodes=args.episodes, targets=args.target, seed=args.seed, log=_log
-    )
+    if is_hf_dt(args.checkpoint):
+        metrics = evaluate_hf(args.checkpoint, episodes=args.episodes, targets=args.target, seed=args.seed,
+                              dataset=args.dataset, env_id=args.env, log=_log)
+    else:
+        metrics = evaluate_checkpoint(
+            Path(args.checkpoint), episodes=args.episodes, targets=args.target, seed=args.seed, log=_log
+        )
     if args.json:
         print(json.dumps(metrics))
         return 0
@@ -186,6 +191,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if errored else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from raydt import hf_dt
+
+    if args.push_to_hub:  # fails now, before anything is written, when no upload can work
+        hf_dt.check_push(args.push_to_hub)
+    command = shlex.join(["raydt", "export", args.run_dir, "--format", args.format, "--out", args.out,
+                          *(["--push-to-hub", args.push_to_hub] if args.push_to_hub else [])])
+    out = hf_dt.export_run(Path(args.run_dir), Path(args.out), command=command, log=_log)
+    if args.push_to_hub:
+        print(f"pushed: {hf_dt.push(out, args.push_to_hub)}")
+    print(out)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from raydt.report import format_csv, format_table, summarize
 
@@ -231,7 +250,11 @@ def _report_intervals(args: argparse.Namespace, root: Path) -> None:
                                            aggregates=stats.STEP_AGGREGATES if step else stats.AGGREGATES)
             print(stats.format_estimates(est, which))
     if args.compare:
-        a, b = args.compare
+        from raydt.tables import sweep_layout
+
+        # A group by its label, or by the name the spec's report: labels give it.
+        names = {v: k for k, v in sweep_layout(root).labels.items()}
+        a, b = (names.get(name, name) for name in args.compare)
         missing = [g for g in (a, b) if g not in final.scores]
         if missing:
             raise RaydtError(f"--compare {' '.join(missing)}: no such group; groups: {', '.join(final.scores)}")
@@ -376,8 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     pre.set_defaults(func=cmd_pretrain)
 
+    export = sub.add_parser("export", help="a run as a Hugging Face DecisionTransformerModel")
+    export.add_argument("run_dir", help="a run directory (its last checkpoint is exported)")
+    export.add_argument("--format", choices=("hf",), default="hf", help="hf: transformers' DecisionTransformerModel")
+    export.add_argument("--out", required=True, help="directory to write (weights, config, raydt_eval.json, README.md)")
+    export.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                        help="also upload it (token from HF_TOKEN or `hf auth login`)")
+    export.set_defaults(func=cmd_export)
+
     ev = sub.add_parser("eval", help="evaluate a saved run on the simulator")
-    ev.add_argument("checkpoint", help="a run directory or a checkpoint .pt file")
+    ev.add_argument("checkpoint", help="a run directory, a checkpoint .pt file, or a transformers "
+                                       "DecisionTransformerModel (its directory, or hf-dt:ORG/NAME)")
+    ev.add_argument("--dataset", default=None, help="a DecisionTransformerModel without raydt_eval.json: the "
+                                                    "dataset whose state statistics it was trained with")
+    ev.add_argument("--env", default=None, help="evaluation environment id, where nothing else names it")
     ev.add_argument("--episodes", type=int, default=None, help="episodes per target (default: the run's)")
     ev.add_argument("--target", type=float, action="append", default=None, help="target return (repeatable)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")

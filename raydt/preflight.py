@@ -26,6 +26,8 @@ def check_backbone(backbone: str) -> None:
 
         pretrained_run(backbone[len(PRETRAIN_SCHEME):])  # the spec file exists and is valid
         return
+    if backbone.startswith("hf-dt:"):
+        backbone = backbone[len("hf-dt:"):]
     local = Path(backbone).expanduser()
     looks_local = backbone.startswith(("/", ".", "~")) or backbone.count("/") > 1
     if local.exists() or looks_local:

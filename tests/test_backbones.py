@@ -11,8 +11,8 @@ import torch
 from raydt.config import ModelConfig
 from raydt.errors import ConfigError
 from raydt.model.backbone import build_backbone
-from raydt.model.build import build_model, extend_table, rebuild_model
-from raydt.model.dt import ModelArgs
+from raydt.model.build import build_model
+from raydt.model.dt import ModelArgs, extend_table, rebuild_model
 from tests.test_model import random_batch
 
 D = 32

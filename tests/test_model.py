@@ -10,8 +10,8 @@ from raydt.config import ModelConfig
 from raydt.data.sampler import WindowSampler
 from raydt.losses import action_loss
 from raydt.model.backbone import build_backbone, strip_prefixes
-from raydt.model.build import build_model, rebuild_model
-from raydt.model.dt import ModelArgs
+from raydt.model.build import build_model
+from raydt.model.dt import ModelArgs, rebuild_model
 from raydt.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.test_data import random_trajectories
 

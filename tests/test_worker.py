@@ -35,7 +35,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_two_workers_hold_identical_weights(local_ray, tmp_path):
-    from ray.train import ExperimentConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     config = tiny_config("resources.num_workers=2", "train.steps=8")
@@ -43,7 +43,7 @@ def test_two_workers_hold_identical_weights(local_ray, tmp_path):
         _loop,
         train_loop_config={"config": to_dict(config), "run_dir": str(tmp_path)},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-        run_config=ExperimentConfig(name="t", storage_path=str(tmp_path / "ray")),
+        run_config=RunConfig(name="t", storage_path=str(tmp_path / "ray")),
     )
     trainer.fit()
     r0 = torch.load(tmp_path / "rank0.pt")

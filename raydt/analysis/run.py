@@ -66,8 +66,7 @@ def run_dirs(root: Path, steps: list[int | str]) -> list[Path]:
 
 
 def load_model_at(run_dir: Path, step: int | str):
-    from raydt.model.build import rebuild_model
-    from raydt.model.dt import ModelArgs
+    from raydt.model.dt import ModelArgs, rebuild_model
 
     payload = load_checkpoint(checkpoint_path(run_dir, step))
     model = rebuild_model(ModelArgs(**payload["model_args"]))

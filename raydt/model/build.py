@@ -9,24 +9,8 @@ from torch import nn
 
 from raydt.config import PRETRAIN_SCHEME, ModelConfig
 from raydt.errors import ConfigError
-from raydt.model.backbone import Dropouts, LoadReport, backbone_from_config, build_backbone, freeze
-from raydt.model.dt import DecisionTransformer, ModelArgs
-
-
-def extend_table(table: torch.Tensor, rows: int) -> torch.Tensor:
-    """``table`` (P, D) as a (rows, D) timestep table, as Reid's ``--extend_positions`` makes it.
-
-    Episodes up to P steps take rows 0..rows-1 as they are. Longer ones keep rows 0 and 1 and
-    tile rows 2..P-1 after them: timestep t ≥ 2 takes row 2 + (t − 2) mod (P − 2)
-    (released code: decision_transformer.py, L78-L93 at 0f86702). Every row is a trained
-    position; CLIP's 77 rows and a short laptop ChibiT's are extended this way.
-    """
-    p = table.shape[0]
-    if rows <= p:
-        return table[:rows].clone()
-    t = torch.arange(rows, device=table.device)
-    index = torch.where(t < 2, t, 2 + (t - 2) % max(p - 2, 1)) if p > 2 else t % p
-    return table[index].clone()
+from raydt.model.backbone import Dropouts, LoadReport, build_backbone, freeze
+from raydt.model.dt import DecisionTransformer, ModelArgs, extend_table
 
 
 def _or(value: float | None, default: float) -> float:
@@ -53,6 +37,11 @@ def build_model(
         raise ConfigError("model.action_head=tied shares the action embedding of continuous actions; "
                           "Atari's action ids use a table (set model.action_head=linear)")
     dropout = Dropouts(cfg.dropout, _or(cfg.attn_dropout, cfg.dropout), _or(cfg.embd_dropout, cfg.dropout))
+    from raydt.hf_dt import is_hf_dt
+
+    if is_hf_dt(source):
+        return _from_decision_transformer(cfg, source, obs_dim, act_dim, context_length, max_timestep, dropout,
+                                          discrete_actions, log)
     backbone, report = build_backbone(
         cfg.dims, source, dropout, cfg.activation, 3 * context_length, replace_block=cfg.replace_block
     )
@@ -92,8 +81,23 @@ def build_model(
     return model, report
 
 
-def rebuild_model(args: ModelArgs) -> DecisionTransformer:
-    """An uninitialised-weights twin of a saved model, ready for ``load_state_dict``."""
-    backbone = backbone_from_config(args.backbone_kind, args.backbone_config)
-    backbone.switch_off_positions(LoadReport(args.backbone_source), 3 * args.context_length)
-    return DecisionTransformer(args, backbone)
+def _from_decision_transformer(cfg: ModelConfig, source: str, obs_dim: int, act_dim: int, context_length: int,
+                               max_timestep: int, dropout: Dropouts, discrete_actions: bool,
+                               log: Callable[[str], None]) -> tuple[DecisionTransformer, LoadReport]:
+    """Fine-tune from a transformers DecisionTransformerModel: all of it (embeddings, blocks,
+    action head) is loaded, so the run's settings must describe the same architecture."""
+    from raydt.hf_dt import expressible, from_hf
+
+    model, _ = from_hf(source, context_length=context_length, max_timestep=max_timestep, dropout=dropout)
+    if discrete_actions or (model.args.obs_dim, model.args.act_dim) != (obs_dim, act_dim):
+        raise ConfigError(f"model.backbone={source!r}: its states and actions are {model.args.obs_dim} and "
+                          f"{model.args.act_dim} wide, this run's data {obs_dim} and {act_dim}")
+    expressible(ModelArgs(**{**model.args.to_dict(), "ln_order": cfg.ln_order, "action_head": cfg.action_head,
+                             "time_embedding": cfg.time_embedding, "embed_tanh": cfg.embed_tanh,
+                             "embed_ln": cfg.embed_ln}))
+    report = LoadReport(source, kind="gpt2")
+    report.loaded = [name for name, _ in model.named_parameters()]
+    report.frozen = freeze(model.backbone, cfg.freeze)
+    log(f"fine-tuning the whole DecisionTransformerModel {source} (embeddings, blocks and action head); "
+        "states are normalised with this run's dataset statistics")
+    return model, report

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raydt.model.backbone import Backbone
+from raydt.model.backbone import Backbone, LoadReport, backbone_from_config
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,26 @@ class DecisionTransformer(nn.Module):
     ) -> torch.Tensor:
         """Predicted actions (B, K, act), one per step, each from its state token."""
         return self.predict(*self.embed(states, actions, returns_to_go, timesteps, mask))
+
+
+def extend_table(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """``table`` (P, D) as a (rows, D) timestep table, as Reid's ``--extend_positions`` makes it.
+
+    Episodes up to P steps take rows 0..rows-1 as they are. Longer ones keep rows 0 and 1 and
+    tile rows 2..P-1 after them: timestep t ≥ 2 takes row 2 + (t − 2) mod (P − 2)
+    (released code: decision_transformer.py, L78-L93 at 0f86702). Every row is a trained
+    position; CLIP's 77 rows and a short laptop ChibiT's are extended this way.
+    """
+    p = table.shape[0]
+    if rows <= p:
+        return table[:rows].clone()
+    t = torch.arange(rows, device=table.device)
+    index = torch.where(t < 2, t, 2 + (t - 2) % max(p - 2, 1)) if p > 2 else t % p
+    return table[index].clone()
+
+
+def rebuild_model(args: ModelArgs) -> DecisionTransformer:
+    """An uninitialised-weights twin of a saved model, ready for ``load_state_dict``."""
+    backbone = backbone_from_config(args.backbone_kind, args.backbone_config)
+    backbone.switch_off_positions(LoadReport(args.backbone_source), 3 * args.context_length)
+    return DecisionTransformer(args, backbone)

@@ -173,7 +173,7 @@ class TrainConfig:
     keep_checkpoints: tuple[int, ...] = ()
     """Steps whose checkpoints are kept as checkpoints/step_<N>.pt (0: before any training), for raydt analyze."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Training matmuls: bf16 autocast (auto: on GPUs) or fp32 (auto: on CPUs; bf16 there is ~2x faster on CPUs with AVX512-BF16/AMX)."""
+    """Training matmuls: bf16 autocast (auto: where the hardware has native bf16, GPUs of compute capability ≥ 8.0 and CPUs with AVX512-BF16/AMX) or fp32; returns-to-go and losses stay fp32."""
     compile: bool = False
     """torch.compile the model's training forward (compiled once per window shape; evaluation stays eager)."""
 

@@ -21,10 +21,11 @@ def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     """Over real (unpadded) steps, mask (B, K) → scalar: MSE for continuous actions
     (pred/target (B, K, act)); cross-entropy for action ids (pred (B, K, n) logits, target
     (B, K) integers)."""
+    pred = pred.float()  # the loss in fp32 under bf16 autocast
     if not target.is_floating_point():
         err = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none").view(mask.shape)  # (B, K)
     else:
-        err = (pred - target).square().mean(dim=-1)  # (B, K)
+        err = (pred - target.float()).square().mean(dim=-1)  # (B, K)
     weight = mask.to(err.dtype)
     return (err * weight).sum() / weight.sum().clamp(min=1.0)
 

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from raydt.train.checkpoint import load_checkpoint, restore_generator, rng_state, set_rng_state
-from raydt.train.loop import RunContext, Trainer, fit, use_bf16
+from raydt.train.loop import RunContext, Trainer, cpu_has_native_bf16, fit, use_bf16
 from tests.test_model import random_batch, tiny_model
 from tests.test_train import quiet, tiny_config
 
@@ -131,7 +131,10 @@ def test_bf16_keeps_returns_to_go_and_the_losses_in_fp32():
 def test_precision_auto_chooses_bf16_by_compute_capability():
     assert use_bf16("auto", "cuda", (8, 0)) and use_bf16("auto", "cuda", (9, 0))  # A100, H100
     assert not use_bf16("auto", "cuda", (7, 5)) and not use_bf16("auto", "cuda", (7, 0))  # T4, V100
-    assert not use_bf16("auto", "cpu") and use_bf16("bf16", "cpu") and not use_bf16("fp32", "cuda", (9, 0))
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cuda", (9, 0)) and not use_bf16("fp32", "cpu", cpu_bf16=True)
+    # CPUs: auto follows the hardware's bf16 instructions
+    assert use_bf16("auto", "cpu", cpu_bf16=True) and not use_bf16("auto", "cpu", cpu_bf16=False)
+    assert use_bf16("auto", "cpu") == cpu_has_native_bf16()
 
 
 # --------------------------------------------------------------------------------------

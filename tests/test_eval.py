@@ -29,6 +29,10 @@ def test_batched_rollout_equals_episodes_run_one_by_one(env_id, obs_dim, act_dim
     assert together.lengths.min() > model.args.context_length  # windows slid past K
     if env_id.startswith("Hopper"):
         assert len(set(together.lengths.tolist())) > 1  # episodes ended at different steps
+    # every episode takes the same actions as alone, also after others left the batch
+    for i, a in enumerate(alone):
+        n = int(a.lengths[0])
+        np.testing.assert_array_equal(together.actions[i, :n], a.actions[0, :n])
 
 
 def test_evaluate_names_metrics_and_normalizes():

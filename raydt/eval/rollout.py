@@ -2,10 +2,10 @@
 
 The original DT code (and Reid's) evaluates one episode at a time with a batch of one: for
 10 episodes of 1000 steps that is 10,000 forward passes. Here the N episodes of a target
-run on one gymnasium vector env and every step is ONE forward pass of N windows. Because
+step together and every step is ONE forward pass over the episodes still running. Because
 all episodes share the step counter t, the K-step window is the same slice for all of
-them, and finished episodes simply stop counting (the vector env resets them behind our
-back; their outputs are ignored).
+them; an episode that ends leaves the batch, so neither the model nor the simulator spends
+anything on it afterwards (hopper's episodes often end after a quarter of the horizon).
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ def rollout(
     max_steps: int | None = None,
 ) -> RolloutResult:
     """Run ``len(seeds)`` episodes conditioned on ``target_return``, one forward per step."""
-    import gymnasium as gym
-
     n = len(seeds)
     device = torch.device(device)
-    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(n)])
-    horizon = max_steps or envs.envs[0].spec.max_episode_steps or 1000
+    # One env per episode, stepped only while its episode lasts (a vector env would keep
+    # simulating, and the model keep computing, finished episodes until the longest ends).
+    envs = [make_env(env_id) for _ in range(n)]
+    horizon = max_steps or envs[0].spec.max_episode_steps or 1000
     k = model.args.context_length
     obs_dim, act_dim = model.args.obs_dim, model.args.act_dim
     dtype = next(model.parameters()).dtype  # float64 models roll out in float64 (tests)
@@ -72,33 +72,44 @@ def rollout(
 
     returns = np.zeros(n)
     lengths = np.zeros(n, dtype=np.int64)
-    active = np.ones(n, dtype=bool)
     remaining = torch.full((n,), float(target_return) * reward_scale, dtype=dtype, device=device)  # (N,)
-    obs, _ = envs.reset(seed=list(seeds))
+    obs = np.stack([env.reset(seed=int(seed))[0] for env, seed in zip(envs, seeds)])  # (N, obs)
+    live = torch.arange(n, device=device)  # (L,) the episodes still running, ascending
     was_training = model.training
     model.eval()
     policy = ActionPolicy(model, rows_hint=n * 3 * k)  # packed weights on CPUs, the next action only
     try:
         for t in range(horizon):
             i = k - 1 + t
-            states[:, i] = (torch.as_tensor(obs, dtype=dtype, device=device) - mean) / std
-            rtg[:, i, 0] = remaining
-            actions[:, i] = 0.0  # placeholder: a_t's token comes after s_t and is never seen
-            mask = (positions >= k - 1 - t).expand(n, k)  # (N, K): False before the first step
+            ids = live.tolist()
+            states[live, i] = (torch.as_tensor(obs[ids], dtype=dtype, device=device) - mean) / std
+            rtg[live, i, 0] = remaining[live]
+            actions[live, i] = 0.0  # placeholder: a_t's token comes after s_t and is never seen
+            mask = (positions >= k - 1 - t).expand(len(ids), k)  # (L, K): False before the first step
             window = slice(t, t + k)
             pred = policy(
-                states[:, window], actions[:, window], rtg[:, window], timesteps[:, window], mask
-            )  # (N, act): the action for step t
-            actions[:, i] = pred
-            obs, reward, terminated, truncated, _ = envs.step(pred.float().cpu().numpy().astype(np.float64))
-            returns += reward * active
-            lengths += active
-            remaining = remaining - torch.as_tensor(reward, dtype=dtype, device=device) * reward_scale
-            active &= ~(terminated | truncated)
-            if not active.any():
-                break
+                states[live, window], actions[live, window], rtg[live, window], timesteps[live, window], mask
+            )  # (L, act): the action for step t of each live episode
+            actions[live, i] = pred
+            taken = pred.float().cpu().numpy().astype(np.float64)
+            reward = np.zeros(len(ids))
+            ended = []
+            for row, j in enumerate(ids):
+                obs[j], reward[row], terminated, truncated, _ = envs[j].step(taken[row])
+                if terminated or truncated:
+                    ended.append(row)
+            returns[ids] += reward
+            lengths[ids] += 1
+            remaining[live] -= torch.as_tensor(reward, dtype=dtype, device=device) * reward_scale
+            if ended:  # compact: finished episodes leave the batch
+                keep = torch.ones(len(ids), dtype=torch.bool)
+                keep[ended] = False
+                live = live[keep.to(device)]
+                if len(live) == 0:
+                    break
     finally:
         model.train(was_training)
-        envs.close()
+        for env in envs:
+            env.close()
     taken = actions[:, k - 1 : k - 1 + int(lengths.max())].float().cpu().numpy()
     return RolloutResult(float(target_return), returns, lengths, taken)

@@ -318,6 +318,7 @@ def run_sweep(
 
 def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume: bool, log) -> SweepOutcome:
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     base = spec.base_config()
     trainable = tune.with_resources(
@@ -350,11 +351,13 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
                 storage_path=storage_path,
                 stop=_stopper(spec),
                 verbose=1,
+                # Tune's JSON and CSV results (its ResultGrid reads them); not its TensorBoard
+                # logger, whose copy of every metric (ray/tune/...) would sit beside raydt's own.
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
             ),
         )
     started = time.time()
-    # raydt's runs write their own TensorBoard events; Tune's loggers would add a second copy
-    # of every metric (ray/tune/...) to each trial directory.
+    # Only the loggers given in the run config (no automatic TensorBoard one).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # Tune's own interruption notice points at Tuner.restore; raydt says how to resume instead.
     tune_log = logging.getLogger("ray.tune.tune")

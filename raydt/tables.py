@@ -117,10 +117,10 @@ def paper_table(kind: str, root: Path, fmt: str = "md", cells: str = "mean_std",
     if kind == "reid6":  # arms as rows, datasets as columns
         grid = {g: {t: grid[t][g] for t in rows} for g in groups}
         row_names, col_names = groups, rows
-        bold = _best_per_column(grid, row_names, col_names, best)
+        bold = _best_cells(grid, row_names, col_names, best, along="column")
     else:
         row_names, col_names = rows, groups
-        bold = _best_per_row(grid, row_names, col_names, best)
+        bold = _best_cells(grid, row_names, col_names, best, along="row")
     labelled_rows = [layout.label(r) for r in row_names]
     labelled_cols = [layout.label(c) for c in col_names]
     body = [[grid[r][c] for c in col_names] for r in row_names]
@@ -196,23 +196,15 @@ def _convergence_cells(m, groups: list[str], tasks: list[str], metric: str) -> d
     return grid
 
 
-def _best_per_row(grid, rows, cols, best: str) -> set[tuple[str, str]]:
+def _best_cells(grid, rows, cols, best: str, along: str) -> set[tuple[str, str]]:
+    """(row, column) of the best finite cell of each row (``along="row"``) or column."""
     out = set()
-    for r in rows:
-        values = [(grid[r][c].value, c) for c in cols if math.isfinite(grid[r][c].value)]
+    for line in (rows if along == "row" else cols):
+        cells = [(r, c) for r in ([line] if along == "row" else rows) for c in (cols if along == "row" else [line])]
+        values = [(grid[r][c].value, (r, c)) for r, c in cells if math.isfinite(grid[r][c].value)]
         if values:
             target = (max if best == "max" else min)(v for v, _ in values)
-            out |= {(r, c) for v, c in values if v == target}
-    return out
-
-
-def _best_per_column(grid, rows, cols, best: str) -> set[tuple[str, str]]:
-    out = set()
-    for c in cols:
-        values = [(grid[r][c].value, r) for r in rows if math.isfinite(grid[r][c].value)]
-        if values:
-            target = (max if best == "max" else min)(v for v, _ in values)
-            out |= {(r, c) for v, r in values if v == target}
+            out |= {cell for v, cell in values if v == target}
     return out
 
 

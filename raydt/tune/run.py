@@ -280,12 +280,9 @@ def run_sweep(
             )
         if resume and not storage.exists(sweep_file):
             raise RaydtError(f"--resume: {sweep_dir} holds no sweep to resume")
-    import ray
+    from raydt.train.worker import cluster_shape, connect
 
-    from raydt.train.worker import cluster_shape
-
-    if not ray.is_initialized():
-        ray.init(address=address)
+    connect(address)
     # What the cluster can become, not only the nodes up now: on an autoscaling cluster the
     # trials' pending placement groups are what make the autoscaler launch their nodes.
     plan = plan_sweep(spec, cluster_shape())

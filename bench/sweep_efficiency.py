@@ -58,10 +58,13 @@ def analyse(sweep_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"{sweep_dir}: no trial with timing files (trial_timing.json and timing.json)")
     totals = {k: sum(t[k] for t in trials.values()) for k in ("wall", *PARTS)}
     shares = {k: totals[k] / totals["wall"] for k in PARTS}
-    capacity = (sweep["finished"] - sweep["started"]) * sweep["concurrency"]
+    # A resumed sweep lists its sessions; the time between them is nobody's.
+    sessions = sweep.get("sessions", [sweep])
+    capacity = sum((s["finished"] - s["started"]) * s["concurrency"] for s in sessions)
     return {
         "sweep_dir": str(sweep_dir),
-        "sweep_seconds": sweep["finished"] - sweep["started"],
+        "sweep_seconds": sum(s["finished"] - s["started"] for s in sessions),
+        "sessions": len(sessions),
         "concurrency": sweep["concurrency"],
         "trials": trials,
         "trial_seconds": totals,

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from raydt.cli import main
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = str(REPO / "tune_specs/runs/hopper_medium_dt.yaml")
 
 

@@ -2,11 +2,10 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("module", ["bench.sampling", "bench.evaluation", "bench.throughput", "bench.convergence",
@@ -29,3 +28,33 @@ def test_mfu_counts_matmul_weights_not_embedding_tables():
     assert matmul_parameters(model) == layers * 12 * d * d + d * (1 + obs + act) + d * act
     total = sum(p.numel() for p in model.parameters())
     assert total - matmul_parameters(model) > 1000 * d  # the timestep table is not counted
+
+
+def test_a_resumed_sweep_keeps_its_earlier_sessions_and_idle_is_counted_over_them(tmp_path, monkeypatch):
+    import json
+
+    import raydt.tune.run as tune_run
+    from bench.sweep_efficiency import analyse
+
+    sweep = tmp_path / "sweep"
+    trial = sweep / "trial_00000"
+    trial.mkdir(parents=True)
+    # One trial of 60 s wall (started at t=10) in a sweep of concurrency 1.
+    (trial / "trial_timing.json").write_text(json.dumps({"started": 10.0, "finished": 70.0}))
+    (trial / "timing.json").write_text(json.dumps({"setup_seconds": 5.0, "loop_seconds": 40.0,
+                                                   "train_seconds": 20.0, "eval_seconds": 10.0}))
+    clock = iter([80.0, 200.0])  # the end of each session
+    monkeypatch.setattr(tune_run.time, "time", lambda: next(clock))
+    timing = str(sweep / "timing.json")
+    tune_run._record_session(timing, 0.0, 1, resume=False)     # 0..80 s: the trial ran
+    tune_run._record_session(timing, 180.0, 1, resume=True)    # 180..200 s: resumed, nothing left
+    saved = json.loads((sweep / "timing.json").read_text())
+    assert [(s["started"], s["finished"]) for s in saved["sessions"]] == [(0.0, 80.0), (180.0, 200.0)]
+    assert (saved["started"], saved["finished"]) == (0.0, 200.0)
+    eff = analyse(sweep)
+    assert eff["sweep_seconds"] == 100.0 and eff["sessions"] == 2  # the 100 s between sessions are not the sweep's
+    assert eff["sweep_idle_share"] == pytest.approx(1 - 60 / 100)
+    assert eff["trials"]["trial_00000"]["ray_train_start_stop"] == pytest.approx(60 - 20 - 10 - 5 - 10)
+    # A sweep written before sessions were recorded is one session.
+    (sweep / "timing.json").write_text(json.dumps({"started": 0.0, "finished": 80.0, "concurrency": 1}))
+    assert analyse(sweep)["sweep_idle_share"] == pytest.approx(1 - 60 / 80)

@@ -13,8 +13,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from raydt.resources import trial_capacity
 from raydt.tune.spec import load_sweep
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = sorted((REPO / "clusters").glob("*.yaml"))
 
 

@@ -19,8 +19,7 @@ from raydt.config import (
     to_yaml,
 )
 from raydt.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def write(path: Path, text: str) -> Path:

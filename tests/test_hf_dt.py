@@ -11,6 +11,7 @@ import torch
 from raydt.config import ModelConfig
 from raydt.hf_dt import SIDECAR, expressible, from_hf, is_hf_dt, to_hf
 from raydt.model.build import build_model
+from tests.helpers import quiet, tiny_config
 
 
 def windows(b=4, k=6, obs=5, act=2, seed=0, pad=True):
@@ -86,7 +87,6 @@ def test_export_a_run_and_evaluate_it_as_a_decision_transformer_model(tmp_path, 
 
     from raydt.cli import main
     from raydt.train.loop import fit
-    from tests.test_train import quiet, tiny_config
 
     run = tmp_path / "run"
     fit(tiny_config("model.activation=gelu_new"), run, quiet())
@@ -116,7 +116,6 @@ def test_export_a_run_and_evaluate_it_as_a_decision_transformer_model(tmp_path, 
 def test_export_refuses_by_name_and_push_fails_before_writing(tmp_path, capsys, monkeypatch):
     from raydt.cli import main
     from raydt.train.loop import fit
-    from tests.test_train import quiet, tiny_config
 
     run = tmp_path / "run"
     fit(tiny_config("model.action_head=tied"), run, quiet())
@@ -132,7 +131,6 @@ def test_fine_tune_from_a_decision_transformer_model(tmp_path):
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
     from raydt.train.loop import RunContext, Trainer
-    from tests.test_train import tiny_config
 
     config = DecisionTransformerConfig(state_dim=11, act_dim=3, hidden_size=32, n_layer=2, n_head=2, max_ep_len=1000,
                                        activation_function="relu")

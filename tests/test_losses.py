@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from raydt.losses import cosine_cluster_loss, lambda_factor
 from raydt.model.clusters import cached_clusters, kmeans
+from tests.helpers import random_batch, tiny_config, tiny_model
 
 
 def naive_paper(inputs, centers, mask):
@@ -155,7 +156,6 @@ def test_lambda_schedules():
 def test_as_coded_objective_uses_untimed_layer_norm_tokens_and_padding():
     from raydt.data.sampler import Batch
     from raydt.train.loop import Objective
-    from tests.test_model import random_batch, tiny_model
 
     model = tiny_model().eval()
     centers = torch.randn(9, 32, generator=torch.Generator().manual_seed(1))
@@ -178,7 +178,6 @@ def test_lambda2_constant_as_the_released_co_training_keeps_it():
     from types import SimpleNamespace
 
     from raydt.train.loop import Trainer
-    from tests.test_train import tiny_config
 
     common = ("loss.lambda1=0.1", "loss.lambda2=0.2", "loss.lambda_schedule=sigmoid", "loss.lambda_decay_steps=15000")
     at = lambda cfg, step: Trainer.lambdas(SimpleNamespace(config=cfg, step=step))  # noqa: E731

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -19,8 +18,8 @@ from raydt.resources import (
     shape_from_nodes,
     trial_capacity,
 )
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ONE_GPU = ResourcesConfig(num_workers=1, use_gpu=True, cpus_per_worker=4)
 
 

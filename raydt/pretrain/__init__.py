@@ -17,10 +17,10 @@ from raydt.pretrain.config import (
     PretrainTrainConfig,
     load_pretrain_config,
 )
-from raydt.pretrain.loop import held_out_loss, make_tokenizer, pretrain
+from raydt.pretrain.loop import Pretraining, held_out_loss, make_tokenizer, pretrain
 
 __all__ = [
-    "PRETRAIN_SCHEME", "CorpusConfig", "PretrainConfig", "PretrainModelConfig", "PretrainOptimConfig",
+    "PRETRAIN_SCHEME", "CorpusConfig", "PretrainConfig", "Pretraining", "PretrainModelConfig", "PretrainOptimConfig",
     "PretrainTrainConfig", "held_out_loss", "load_pretrain_config", "make_tokenizer", "pretrain",
     "pretrained_dir", "pretrained_run", "resolve_backbone", "shape_overrides",
 ]

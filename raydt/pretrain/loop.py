@@ -118,131 +118,189 @@ def _save_hf(model: nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) 
 def pretrain(cfg: PretrainConfig, run_dir: Path, resume: bool = False,
              log: Callable[[str], None] = print) -> dict[str, float]:
     """Pre-train ``cfg`` into ``run_dir``; returns the last metrics."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    return Pretraining(cfg, Path(run_dir), resume=resume, log=log).fit()
 
-    from raydt.data.text import TextSampler, split_tokens, tokenize_cached
-    from raydt.sinks import JsonlSink, MetricWindow, MultiSink, TensorBoardSink
-    from raydt.train.checkpoint import (
-        load_checkpoint,
-        restore_generator,
-        rng_state,
-        save_checkpoint,
-        set_rng_state,
-    )
 
-    run_dir = Path(run_dir)
-    files = RunDir(run_dir)
-    ckpt_path = files.last
-    if resume and not ckpt_path.is_file():
-        raise RaydtError(f"--resume: {ckpt_path} not found; run without --resume to start afresh")
-    if not resume and ckpt_path.exists():
-        raise RaydtError(f"{run_dir} already holds a pre-training run; continue it with --resume or pick another --out")
-    torch.set_num_threads(cfg.train.threads)
-    device = torch.device("cuda" if cfg.train.device == "cuda" or (
-        cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
-    seed_everything(cfg.train.seed)
-
-    # The tokenizer is saved before anything uses it, so a resumed run encodes identically.
-    tok_dir = run_dir / TOKENIZER
-    if resume and tok_dir.is_dir():
-        tokenizer, tok_name = AutoTokenizer.from_pretrained(tok_dir), json.loads((tok_dir / "raydt.json").read_text())["name"]
-    else:
-        tokenizer, tok_name = make_tokenizer(cfg.corpus, log=log)
-        tokenizer.save_pretrained(tok_dir)
-        (tok_dir / "raydt.json").write_text(json.dumps({"name": tok_name}))
-    ids = tokenize_cached(cfg.corpus.text, tokenizer, log=log, key="corpus.text")
-    train_ids, held_ids = split_tokens(ids)
-    block = cfg.corpus.block_size
-    log(f"corpus {cfg.corpus.text}: {len(ids):,} tokens ({tok_name}, vocabulary {len(tokenizer):,}); "
-        f"{len(held_ids):,} held out")
-    # Samplers draw length+1 ids; HF's causal LM shifts labels itself, so blocks hold `block` ids.
-    sampler = TextSampler(train_ids, block - 1, device=device, seed=cfg.train.seed)
-    held = TextSampler(held_ids, min(block - 1, max(8, len(held_ids) // 2)), device=device).fixed_blocks(
-        cfg.train.eval_blocks)
+def build_lm(cfg: PretrainConfig, vocab_size: int, eos_token_id: int) -> nn.Module:
+    """The randomly initialised GPT-2 causal LM ``cfg.model`` describes (SDPA attention)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     n_embd, n_head, n_layer = cfg.model.dims
     if n_embd % n_head:
         raise ConfigError(f"model.n_embd={n_embd} is not divisible by model.n_head={n_head}")
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     hf_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=block, n_embd=n_embd, n_head=n_head, n_layer=n_layer,
-        activation_function=cfg.model.activation, resid_pdrop=cfg.model.dropout,
-        embd_pdrop=cfg.model.dropout, attn_pdrop=cfg.model.dropout, bos_token_id=eos, eos_token_id=eos,
-        tie_word_embeddings=True,
+        vocab_size=vocab_size, n_positions=cfg.corpus.block_size, n_embd=n_embd, n_head=n_head,
+        n_layer=n_layer, activation_function=cfg.model.activation, resid_pdrop=cfg.model.dropout,
+        embd_pdrop=cfg.model.dropout, attn_pdrop=cfg.model.dropout, bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id, tie_word_embeddings=True,
     )
-    model = GPT2LMHeadModel._from_config(hf_config, attn_implementation="sdpa").to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.optim.lr, betas=(0.9, 0.95),
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.optim, cfg.train.steps))
-    step, train_seconds = 0, 0.0
-    if resume:
-        payload = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict copies to the device
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        step, train_seconds = int(payload["step"]), float(payload["train_seconds"])
-        notes = set_rng_state(payload["rng"])
-        notes.append(restore_generator(sampler.generator, payload["sampler_rng"], cfg.train.seed + 7919 * step, "text sampler"))
-        log(f"resumed from {ckpt_path} at step {step}")
-        for note in filter(None, notes):
-            log(f"note: {note}")
+    return GPT2LMHeadModel._from_config(hf_config, attn_implementation="sdpa")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(files.config, to_yaml(cfg))
-    sink = MultiSink(JsonlSink(files.metrics, resume_step=step if resume else None), TensorBoardSink(run_dir))
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"pre-training a {n_params / 1e6:.2f}M-parameter GPT-2 ({n_embd}/{n_head}/{n_layer}) for "
-        f"{cfg.train.steps} steps of {cfg.train.batch_size}×{block} tokens on {device}")
-    info = {"tokenizer": tok_name, "text": cfg.corpus.text, "config": to_dict(cfg)}
-    use_bf16 = device.type == "cuda"
-    last: dict[str, float] = {}
-    window = MetricWindow()
-    tick = time.perf_counter()
-    model.train()
-    try:
-        if step == 0:  # the untrained baseline, so curves start where training starts
-            base = held_out_loss(model, held)
-            sink.log(0, {"eval/loss": base, "eval/perplexity": math.exp(min(base, 50))})
-        while step < cfg.train.steps:
-            batch = sampler.sample(cfg.train.batch_size)  # (B, block)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = model(input_ids=batch, labels=batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            window.add({"loss": loss})
-            step += 1
-            at_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
-            at_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps
-            if not (at_log or at_eval):
-                continue
-            now = time.perf_counter()
-            train_seconds += now - tick
-            since = window.steps
-            mean = window.means(finite="loss", what="pre-training", step=step)["loss"]
-            metrics = {"train/loss": mean, "train/perplexity": math.exp(min(mean, 50)),
-                       "train/lr": scheduler.get_last_lr()[0], "perf/train_seconds": train_seconds,
-                       "perf/tokens_per_second": since * cfg.train.batch_size * block / max(now - tick, 1e-9)}
-            if at_eval:
-                held_loss = held_out_loss(model, held)
-                metrics.update({"eval/loss": held_loss, "eval/perplexity": math.exp(min(held_loss, 50))})
-                save_checkpoint(ckpt_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step, "train_seconds": train_seconds,
-                    "rng": rng_state(), "sampler_rng": sampler.generator.get_state(), "config": to_dict(cfg),
-                })
-                _save_hf(model, tokenizer, run_dir / MODEL, info | {"step": step, "eval_loss": held_loss})
-                log(f"step {step}/{cfg.train.steps}  loss {mean:.3f}  held-out perplexity {metrics['eval/perplexity']:.1f}")
-            sink.log(step, metrics)
-            last = metrics
-            tick = time.perf_counter()
-    finally:
-        sink.close()
-    return {"step": step, **last}
+
+class Pretraining:
+    """One pre-training run: built by the constructor (tokenizer, corpus samplers, model,
+    optimizer, and the checkpoint's state on ``resume``), trained by :meth:`fit`."""
+
+    def __init__(self, cfg: PretrainConfig, run_dir: Path, resume: bool = False,
+                 log: Callable[[str], None] = print) -> None:
+        self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        self.files = RunDir(run_dir)
+        self._check_run_dir(resume)
+        torch.set_num_threads(cfg.train.threads)
+        self.device = torch.device("cuda" if cfg.train.device == "cuda" or (
+            cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+        seed_everything(cfg.train.seed)
+        self.tokenizer, self.tokenizer_name = self._tokenizer(resume)
+        self.sampler, self.held = self._samplers()
+        eos = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        self.model = build_lm(cfg, len(self.tokenizer), eos).to(self.device)
+        self.optimizer, self.scheduler = self._build_optimizer()
+        self.step, self.train_seconds = 0, 0.0
+        self.resumed = resume
+        if resume:
+            self._resume()
+
+    # -- construction ------------------------------------------------------------------
+
+    def _check_run_dir(self, resume: bool) -> None:
+        last = self.files.last
+        if resume and not last.is_file():
+            raise RaydtError(f"--resume: {last} not found; run without --resume to start afresh")
+        if not resume and last.exists():
+            raise RaydtError(f"{self.run_dir} already holds a pre-training run; continue it with --resume "
+                             "or pick another --out")
+
+    def _tokenizer(self, resume: bool) -> tuple[Any, str]:
+        """The run's tokenizer, saved before anything uses it so that a resumed run encodes
+        identically."""
+        from transformers import AutoTokenizer
+
+        tok_dir = self.run_dir / TOKENIZER
+        if resume and tok_dir.is_dir():
+            return AutoTokenizer.from_pretrained(tok_dir), json.loads((tok_dir / "raydt.json").read_text())["name"]
+        tokenizer, name = make_tokenizer(self.cfg.corpus, log=self.log)
+        tokenizer.save_pretrained(tok_dir)
+        (tok_dir / "raydt.json").write_text(json.dumps({"name": name}))
+        return tokenizer, name
+
+    def _samplers(self) -> tuple[Any, torch.Tensor]:
+        """(training sampler, fixed held-out blocks (N, L)) over the tokenized corpus."""
+        from raydt.data.text import TextSampler, split_tokens, tokenize_cached
+
+        cfg = self.cfg
+        ids = tokenize_cached(cfg.corpus.text, self.tokenizer, log=self.log, key="corpus.text")
+        train_ids, held_ids = split_tokens(ids)
+        self.log(f"corpus {cfg.corpus.text}: {len(ids):,} tokens ({self.tokenizer_name}, vocabulary "
+                 f"{len(self.tokenizer):,}); {len(held_ids):,} held out")
+        # Samplers draw length+1 ids; HF's causal LM shifts labels itself, so blocks hold `block` ids.
+        block = cfg.corpus.block_size
+        sampler = TextSampler(train_ids, block - 1, device=self.device, seed=cfg.train.seed)
+        held = TextSampler(held_ids, min(block - 1, max(8, len(held_ids) // 2)), device=self.device).fixed_blocks(
+            cfg.train.eval_blocks)
+        return sampler, held
+
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        """AdamW (no decay on biases and norms) and the warm-up + cosine schedule."""
+        cfg = self.cfg
+        params = list(self.model.named_parameters())
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
+             {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}],
+            lr=cfg.optim.lr, betas=(0.9, 0.95),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.optim, cfg.train.steps))
+        return optimizer, scheduler
+
+    def _resume(self) -> None:
+        from raydt.train.checkpoint import load_checkpoint, restore_generator, set_rng_state
+
+        payload = load_checkpoint(self.files.last)  # on the CPU; load_state_dict copies to the device
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.step, self.train_seconds = int(payload["step"]), float(payload["train_seconds"])
+        notes = set_rng_state(payload["rng"])
+        notes.append(restore_generator(self.sampler.generator, payload["sampler_rng"],
+                                       self.cfg.train.seed + 7919 * self.step, "text sampler"))
+        self.log(f"resumed from {self.files.last} at step {self.step}")
+        for note in filter(None, notes):
+            self.log(f"note: {note}")
+
+    # -- training ----------------------------------------------------------------------
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``train.steps``, logging, evaluating and checkpointing on the way."""
+        from raydt.sinks import JsonlSink, MetricWindow, MultiSink, TensorBoardSink
+
+        cfg, files = self.cfg, self.files
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(files.config, to_yaml(cfg))
+        sink = MultiSink(JsonlSink(files.metrics, resume_step=self.step if self.resumed else None),
+                         TensorBoardSink(self.run_dir))
+        n_embd, n_head, n_layer = cfg.model.dims
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"pre-training a {n_params / 1e6:.2f}M-parameter GPT-2 ({n_embd}/{n_head}/{n_layer}) for "
+                 f"{cfg.train.steps} steps of {cfg.train.batch_size}×{cfg.corpus.block_size} tokens on {self.device}")
+        last: dict[str, float] = {}
+        window = MetricWindow()
+        tick = time.perf_counter()
+        self.model.train()
+        try:
+            if self.step == 0:  # the untrained baseline, so curves start where training starts
+                base = held_out_loss(self.model, self.held)
+                sink.log(0, {"eval/loss": base, "eval/perplexity": math.exp(min(base, 50))})
+            while self.step < cfg.train.steps:
+                window.add({"loss": self._train_step()})
+                self.step += 1
+                at_log = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps
+                at_eval = self.step % cfg.train.eval_every == 0 or self.step == cfg.train.steps
+                if not (at_log or at_eval):
+                    continue
+                now = time.perf_counter()
+                self.train_seconds += now - tick
+                last = self._window_metrics(window, now - tick)
+                if at_eval:
+                    last.update(self._evaluate_and_save(last["train/loss"]))
+                sink.log(self.step, last)
+                tick = time.perf_counter()
+        finally:
+            sink.close()
+        return {"step": self.step, **last}
+
+    def _train_step(self) -> torch.Tensor:
+        """One optimizer step on a sampled batch; the loss stays on the device (no sync)."""
+        batch = self.sampler.sample(self.cfg.train.batch_size)  # (B, block)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.model(input_ids=batch, labels=batch).loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def _window_metrics(self, window: Any, seconds: float) -> dict[str, float]:
+        """The logging window's means (one host sync; a non-finite loss stops the run)."""
+        steps = window.steps
+        mean = window.means(finite="loss", what="pre-training", step=self.step)["loss"]
+        tokens = steps * self.cfg.train.batch_size * self.cfg.corpus.block_size
+        return {"train/loss": mean, "train/perplexity": math.exp(min(mean, 50)),
+                "train/lr": self.scheduler.get_last_lr()[0], "perf/train_seconds": self.train_seconds,
+                "perf/tokens_per_second": tokens / max(seconds, 1e-9)}
+
+    def _evaluate_and_save(self, train_loss: float) -> dict[str, float]:
+        """Held-out loss, then the resumable checkpoint and the Hugging Face directory."""
+        from raydt.train.checkpoint import rng_state, save_checkpoint
+
+        held_loss = held_out_loss(self.model, self.held)
+        save_checkpoint(self.files.last, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step, "train_seconds": self.train_seconds,
+            "rng": rng_state(), "sampler_rng": self.sampler.generator.get_state(), "config": to_dict(self.cfg),
+        })
+        info = {"tokenizer": self.tokenizer_name, "text": self.cfg.corpus.text, "config": to_dict(self.cfg)}
+        _save_hf(self.model, self.tokenizer, self.run_dir / MODEL, info | {"step": self.step, "eval_loss": held_loss})
+        perplexity = math.exp(min(held_loss, 50))
+        self.log(f"step {self.step}/{self.cfg.train.steps}  loss {train_loss:.3f}  held-out perplexity {perplexity:.1f}")
+        return {"eval/loss": held_loss, "eval/perplexity": perplexity}

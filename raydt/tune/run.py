@@ -129,6 +129,21 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
                        json.dumps({"started": started, "finished": time.time()}, indent=1))
 
 
+def _record_session(timing_uri: str, started: float, concurrency: int, resume: bool) -> None:
+    """Add this session to the sweep's ``timing.json``: a resumed sweep keeps the sessions
+    before it, so the sweep's wall time is the sum of its sessions', not the last one's.
+    ``started``/``finished`` span them all; files without ``sessions`` were one session."""
+    session = {"started": started, "finished": time.time(), "concurrency": concurrency}
+    earlier: list[dict[str, Any]] = []
+    if resume and storage.exists(timing_uri):
+        old = json.loads(storage.read_text(timing_uri))
+        earlier = old.get("sessions", [old])
+    sessions = [*earlier, session]
+    storage.write_text(timing_uri, json.dumps(
+        {"started": sessions[0]["started"], "finished": session["finished"], "concurrency": concurrency,
+         "sessions": sessions}, indent=1))
+
+
 def _trial_name(trial) -> str:
     # Tune's trial ids end in a running index ("a1b2c_00003"): the index is deterministic.
     return f"trial_{trial.trial_id.rsplit('_', 1)[-1]}"
@@ -364,8 +379,7 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
         grid = tuner.fit()
     finally:
         tune_log.setLevel(level)
-    storage.write_text(storage.join(sweep_dir, TIMING), json.dumps(
-        {"started": started, "finished": time.time(), "concurrency": plan.concurrency}, indent=1))
+    _record_session(storage.join(sweep_dir, TIMING), started, plan.concurrency, resume)
     rows = []
     for result in grid:
         metrics = result.metrics or {}

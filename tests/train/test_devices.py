@@ -15,8 +15,7 @@ import torch.multiprocessing as mp
 
 from raydt.train.checkpoint import load_checkpoint, restore_generator, rng_state, set_rng_state
 from raydt.train.loop import RunContext, Trainer, cpu_has_native_bf16, fit, use_bf16
-from tests.test_model import random_batch, tiny_model
-from tests.test_train import quiet, tiny_config
+from tests.helpers import quiet, random_batch, tiny_config, tiny_model
 
 
 def test_resume_reads_the_checkpoint_onto_the_cpu_whatever_the_device(tmp_path, monkeypatch):

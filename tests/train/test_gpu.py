@@ -1,6 +1,6 @@
 """The GPU path on a real CUDA device (`pytest -m gpu`; skipped where there is none).
 
-The same device-specific state the CPU tests simulate (tests/test_devices.py), here with the
+The same device-specific state the CPU tests simulate (tests/train/test_devices.py), here with the
 device itself: resume on CUDA, checkpoints moved between CPU and GPU, bf16 autocast, the
 pinned-memory frame sampler, the prebuilt attention mask, evaluation of a saved run.
 """
@@ -12,7 +12,7 @@ import torch
 
 from raydt.train.checkpoint import load_checkpoint
 from raydt.train.loop import RunContext, fit
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,15 +17,7 @@ from raydt.model.build import build_model
 from raydt.pretrain import load_pretrain_config, pretrain, pretrained_dir
 from raydt.sinks import read_metrics
 from raydt.train.loop import fit
-from tests.test_train import quiet, tiny_config
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_PRETRAIN = """
-corpus: {text: "pydoc:", tokenizer: bpe, vocab_size: 300, block_size: 32}
-model: {n_embd: 32, n_head: 2, n_layer: 2, dropout: 0.0}
-optim: {lr: 3e-3, warmup_steps: 5}
-train: {steps: 40, batch_size: 8, eval_every: 20, log_every: 10, eval_blocks: 8}
-"""
+from tests.helpers import REPO, TINY_PRETRAIN, quiet, tiny_config
 
 
 @pytest.fixture(scope="module")

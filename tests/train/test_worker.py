@@ -1,14 +1,19 @@
-"""Ray Train end to end: 2 CPU workers with DDP (gloo) on a local Ray."""
+"""Ray Train end to end: 2 CPU workers with DDP (gloo) on a local Ray; a killed worker
+restarts the group from the last checkpoint with every evaluation logged once."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from raydt.config import config_from_dict, to_dict
-from tests.test_train import tiny_config
+from tests.helpers import eval_steps, tiny_config, wait_for
 
 
 def _loop(payload):
@@ -21,16 +26,19 @@ def _loop(payload):
     torch.save(trainer.model.state_dict(), Path(payload["run_dir"]) / f"rank{ctx.rank}.pt")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    # Workers import this test module by name to find the training function.
-    here = Path(__file__).resolve().parent
-    paths = f"{here}:{here.parent}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": paths}})
-    yield ray
-    ray.shutdown()
+def ray_processes(marker: str) -> list[int]:
+    """Pids of this machine's processes whose title contains ``marker`` (Ray names its
+    actors' processes ``ray::<Class>.<method>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in title:
+                pids.append(int(entry.name))
+    return pids
 
 
 @pytest.mark.slow
@@ -86,3 +94,30 @@ def test_permanent_failures_are_raydt_errors_and_one_line():
                  "raydt.errors.Diverged: training diverged: the loss is nan at step 4\n")
     assert error_line(RuntimeError(tune_text)) == "training diverged: the loss is nan at step 4"
     assert error_line(RuntimeError("Traceback:\nValueError: boom\n")) == "ValueError: boom"
+
+
+@pytest.mark.ray
+def test_killed_worker_restarts_from_the_last_checkpoint(local_ray, tmp_path):
+    from raydt.train.worker import run_with_ray
+
+    steps, every = 600, 60
+    config = tiny_config("resources.num_workers=2", f"train.steps={steps}", f"train.eval_every={every}",
+                         "train.log_every=20", "resources.max_failures=2")
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run_with_ray(config, tmp_path)))
+    runner.start()
+    # Once two evaluations are logged (a checkpoint exists), kill one DDP worker outright.
+    wait_for(lambda: (tmp_path / "metrics.jsonl").exists() and len(eval_steps(tmp_path)) >= 2)
+    workers = ray_processes("ray::RayTrainWorker")
+    assert len(workers) == 2, workers
+    killed_at = max(eval_steps(tmp_path))
+    os.kill(workers[-1], signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    print(f"killed a worker after the evaluation at step {killed_at}; the restarted group "
+          f"resumed at step {info['resumed_at_step']} and finished at {result['step']}")
+    assert result["step"] == steps
+    assert killed_at <= info["resumed_at_step"] < steps  # a restart from a checkpoint, not from 0
+    assert eval_steps(tmp_path) == list(range(every, steps + 1, every))  # each once, none missing

@@ -2,34 +2,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from raydt.config import load_config
 from raydt.errors import RaydtError
 from raydt.sinks import read_metrics
 from raydt.train.checkpoint import load_checkpoint
 from raydt.train.driver import run_training
 from raydt.train.loop import RunContext, fit
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.dataset=generated:hopper-medium?steps=3000",
-    "data.context_length=5",
-    "model.n_embd=32", "model.n_head=2", "model.n_layer=2",
-    "train.steps=12", "train.eval_every=4", "train.log_every=2", "train.batch_size=8",
-    "optim.warmup_steps=4", "eval.episodes=2", "resources.cpus_per_worker=1",
-]
-
-
-def tiny_config(*extra):
-    return load_config(REPO / "tune_specs/runs/hopper_medium_dt.yaml", [*TINY, *extra])
-
-
-def quiet():
-    return RunContext(log=lambda _: None)
+from tests.helpers import TINY_MODEL, TINY_RUN, quiet, raydt, tiny_config, tiny_model
 
 
 def test_run_directory_contract(tmp_path):
@@ -119,9 +101,7 @@ def test_bad_inputs_fail_before_training(tmp_path):
 
 
 def test_train_and_eval_commands(tmp_path):
-    from tests.test_cli import raydt
-
-    args = [a for item in TINY for a in ("--set", item)]
+    args = [a for item in TINY_RUN for a in ("--set", item)]
     proc = raydt("train", "tune_specs/runs/hopper_medium_dt.yaml", "--no-ray", "--out", str(tmp_path), *args)
     summary = json.loads(proc.stdout)
     assert summary["step"] == 12 and "eval/normalized_score" in summary
@@ -159,9 +139,8 @@ def test_dt_atari_optimiser_groups_and_cosine_schedule():
 
     from raydt.config import OptimConfig
     from raydt.train.loop import lr_schedule, param_groups
-    from tests.test_model import TINY, tiny_model
 
-    model = tiny_model(cfg=TINY)
+    model = tiny_model(cfg=TINY_MODEL)
     decayed, rest = param_groups(model, "matmul_weights", 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     assert decayed["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0

@@ -110,6 +110,7 @@ def test_generated_uri_is_made_on_first_use_and_cached():
 
 def test_concurrent_makers_write_one_complete_file():
     spec = parse_generated("hopper-random?steps=800")
+    before = {p.name for p in generated_path(spec).parent.glob("*")}  # the session's shared datasets
     made: list[str] = []
     threads = [threading.Thread(target=make_dataset, args=(spec,), kwargs={"log": made.append}) for _ in range(2)]
     for t in threads:
@@ -118,7 +119,8 @@ def test_concurrent_makers_write_one_complete_file():
         t.join()
     assert sum("making" in line for line in made) == 1
     folder = generated_path(spec).parent
-    assert [p.name for p in folder.iterdir() if not p.name.endswith(".lock")] == [generated_path(spec).name]
+    made_here = [p.name for p in folder.iterdir() if not p.name.endswith(".lock") and p.name not in before]
+    assert made_here == [generated_path(spec).name]  # no temporary file left beside it
 
 
 def test_failed_make_leaves_nothing_the_loader_finds(monkeypatch):
@@ -129,8 +131,10 @@ def test_failed_make_leaves_nothing_the_loader_finds(monkeypatch):
 
     monkeypatch.setattr(generate, "_rollouts", boom)
     spec = parse_generated("hopper-medium?steps=100")
+    root = Path(os.environ["RAYDT_DATA_DIR"])
+    before = set(root.rglob("*"))  # the session's shared datasets
     with pytest.raises(RuntimeError):
         make_dataset(spec, log=lambda _: None)
     assert not generated_path(spec).exists()
-    files = [p for p in Path(os.environ["RAYDT_DATA_DIR"]).rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    files = [p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock") and p not in before]
     assert files == []

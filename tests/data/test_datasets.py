@@ -14,6 +14,7 @@ from raydt.data.sources import load_dataset, split_uri
 from raydt.data.tasks import TASKS, get_task, make_env, task_from_env_id
 from raydt.data.trajectories import Trajectories, episode_bounds, returns_to_go
 from raydt.errors import DataError
+from tests.helpers import RUN_SPEC, random_trajectories
 
 
 def naive_returns_to_go(rewards, ends):
@@ -26,16 +27,6 @@ def naive_returns_to_go(rewards, ends):
         running += rewards[t]
         out[t] = running
     return out
-
-
-def random_trajectories(rng, lengths, obs_dim=3, act_dim=2, env_id="Hopper-v4"):
-    n = int(sum(lengths))
-    ends = np.zeros(n, bool)
-    ends[np.cumsum(lengths) - 1] = True
-    return Trajectories.from_flags(
-        rng.normal(size=(n, obs_dim)), rng.uniform(-1, 1, (n, act_dim)), rng.normal(size=n),
-        ends, None, env_id=env_id,
-    )
 
 
 def test_returns_to_go_matches_reversed_loop():
@@ -339,7 +330,7 @@ def test_a_dataset_that_does_not_fit_the_evaluation_environment_is_refused_befor
     from raydt.train.loop import resolve_run_data
 
     path = _d4rl_file(tmp_path / "cheetah_shaped.hdf5", obs=17, act=6)
-    cfg = load_config(Path(__file__).resolve().parents[1] / "tune_specs/runs/hopper_medium_dt.yaml",
+    cfg = load_config(RUN_SPEC,
                       [f"data.dataset=d4rl:{path}", "eval.env_id=Hopper-v4"])
     with pytest.raises(ConfigError, match=r"observations have 17 values and its actions 6, but Hopper-v4.*11 and 3"):
         resolve_run_data(cfg, log=lambda _: None)

@@ -13,26 +13,7 @@ from raydt.model.backbone import build_backbone, strip_prefixes
 from raydt.model.build import build_model
 from raydt.model.dt import ModelArgs, rebuild_model
 from raydt.train.checkpoint import load_checkpoint, save_checkpoint
-from tests.test_data import random_trajectories
-
-TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, dropout=0.0)
-
-
-def tiny_model(context_length=6, obs_dim=5, act_dim=2, seed=0, cfg=TINY):
-    torch.manual_seed(seed)
-    model, _ = build_model(cfg, obs_dim, act_dim, context_length, max_timestep=100)
-    return model
-
-
-def random_batch(b=4, k=6, obs_dim=5, act_dim=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return dict(
-        states=torch.randn(b, k, obs_dim, generator=g),
-        actions=torch.rand(b, k, act_dim, generator=g) * 2 - 1,
-        returns_to_go=torch.randn(b, k, 1, generator=g),
-        timesteps=torch.randint(0, 100, (b, k), generator=g),
-        mask=torch.ones(b, k, dtype=torch.bool),
-    )
+from tests.helpers import TINY_MODEL, random_batch, random_trajectories, tiny_model
 
 
 def test_token_order_is_return_state_action_per_step():
@@ -218,7 +199,7 @@ def test_checkpoints_are_read_without_running_pickled_code(tmp_path):
 def test_reid_layer_norm_order_adds_the_timestep_after_the_norm():
     from dataclasses import replace
 
-    model = tiny_model(cfg=replace(TINY, ln_order="ln_then_time")).eval()
+    model = tiny_model(cfg=replace(TINY_MODEL, ln_order="ln_then_time")).eval()
     batch = random_batch(b=2, k=3)
     tokens, _ = model.embed(**batch)
     with torch.no_grad():
@@ -235,7 +216,7 @@ def test_reid_layer_norm_order_adds_the_timestep_after_the_norm():
 def test_tied_action_head_shares_the_action_embedding():
     from dataclasses import replace
 
-    model = tiny_model(cfg=replace(TINY, action_head="tied"))
+    model = tiny_model(cfg=replace(TINY_MODEL, action_head="tied"))
     assert not [n for n in dict(model.named_parameters()) if n.startswith("predict_action")]  # no own weights
     batch = random_batch(b=2, k=3)
     tokens, mask = model.embed(**batch)
@@ -255,17 +236,17 @@ def test_tied_action_head_shares_the_action_embedding():
 def test_dropout_rates_reach_the_backbone_config():
     from dataclasses import replace
 
-    model = tiny_model(cfg=replace(TINY, dropout=0.2, attn_dropout=0.1, embd_dropout=0.05))
+    model = tiny_model(cfg=replace(TINY_MODEL, dropout=0.2, attn_dropout=0.1, embd_dropout=0.05))
     config = model.backbone.hf.config
     assert (config.resid_pdrop, config.attn_pdrop, config.embd_pdrop) == (0.2, 0.1, 0.05)
-    plain = tiny_model(cfg=replace(TINY, dropout=0.3)).backbone.hf.config
+    plain = tiny_model(cfg=replace(TINY_MODEL, dropout=0.3)).backbone.hf.config
     assert (plain.resid_pdrop, plain.attn_pdrop, plain.embd_pdrop) == (0.3, 0.3, 0.3)
 
 
 def test_dt_atari_embeddings_one_timestep_per_window_and_positions_from_the_first_real_step():
     from dataclasses import replace
 
-    cfg = replace(TINY, time_embedding="global_local", embed_tanh=True, embed_ln=False)
+    cfg = replace(TINY_MODEL, time_embedding="global_local", embed_tanh=True, embed_ln=False)
     model = tiny_model(cfg=cfg).eval()
     with torch.no_grad():
         model.local_position.normal_()  # DT starts it at zeros; give it values to check

@@ -15,6 +15,7 @@ from raydt.analysis import (
     parameter_change,
 )
 from raydt.analysis.mine import _LogMeanExpEMA
+from tests.helpers import quiet, random_batch, tiny_config, tiny_model
 
 
 def test_linear_cka_known_values():
@@ -140,7 +141,6 @@ def test_per_sample_gradients_match_one_backward_per_window(tmp_path):
     )
     from raydt.losses import action_loss
     from raydt.train.loop import fit
-    from tests.test_train import quiet, tiny_config
 
     fit(tiny_config("train.keep_checkpoints=[0]"), tmp_path, quiet())
     model, payload = load_model_at(tmp_path, 0)
@@ -169,7 +169,6 @@ def test_analyze_commands_on_a_run_with_kept_checkpoints(tmp_path, capsys):
 
     from raydt.cli import main
     from raydt.train.loop import fit
-    from tests.test_train import quiet, tiny_config
 
     fit(tiny_config("train.keep_checkpoints=[0, 8]"), tmp_path, quiet())
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
@@ -239,7 +238,6 @@ def test_analyze_a_folder_of_runs_checks_every_run_first(tmp_path, capsys):
 
     from raydt.cli import main
     from raydt.train.loop import fit
-    from tests.test_train import quiet, tiny_config
 
     fit(tiny_config("train.keep_checkpoints=[0]", "train.steps=4"), tmp_path / "sweep" / "a", quiet())
     fit(tiny_config("train.keep_checkpoints=[]", "train.steps=4"), tmp_path / "sweep" / "b", quiet())  # no step 0
@@ -257,7 +255,6 @@ def test_analyze_a_folder_of_runs_checks_every_run_first(tmp_path, capsys):
 def test_mi_representation_is_the_mlp_branch_before_the_residual_add():
     from raydt.analysis.run import _capture
     from raydt.data.sampler import Batch
-    from tests.test_model import random_batch, tiny_model
 
     model = tiny_model().eval()
     block = model.backbone.blocks[1]
@@ -307,7 +304,6 @@ def test_takagi_gradient_protocol_is_the_clipped_per_window_gradient_of_the_bloc
         trained_parameters,
     )
     from raydt.train.loop import fit
-    from tests.test_train import quiet, tiny_config
 
     fit(tiny_config("train.keep_checkpoints=[0]", "train.steps=4", "model.dropout=0.0"), tmp_path, quiet())
     ours = grads(tmp_path, 0, windows=6, protocol="takagi")

@@ -6,7 +6,7 @@ import torch
 
 from raydt.eval.protocol import EvalTask, evaluate
 from raydt.eval.rollout import rollout
-from tests.test_model import tiny_model
+from tests.helpers import tiny_model
 
 
 def lively_model(obs_dim, act_dim, k=4):

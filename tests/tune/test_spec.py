@@ -13,8 +13,7 @@ import yaml
 from raydt.errors import ConfigError, RaydtError
 from raydt.report import format_csv, format_table, plot_curves, summarize
 from raydt.tune.spec import load_sweep
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 def write(path: Path, text: str) -> Path:

@@ -13,7 +13,7 @@ from raydt.errors import ConfigError
 from raydt.model.backbone import build_backbone
 from raydt.model.build import build_model
 from raydt.model.dt import ModelArgs, extend_table, rebuild_model
-from tests.test_model import random_batch
+from tests.helpers import random_batch
 
 D = 32
 

@@ -8,6 +8,7 @@ import pytest
 from raydt.data.atari import GAMES, game_from_env_id, generated_atari_dir, parse_atari
 from raydt.data.dqn_replay import read_dqn_replay
 from raydt.errors import DataError
+from tests.helpers import REPO
 
 
 def test_gamer_normalized_scores():
@@ -78,7 +79,6 @@ def test_atari_run_trains_evaluates_and_reloads(tmp_path):
     from raydt.config import load_config
     from raydt.eval.saved import evaluate_checkpoint
     from raydt.train.loop import RunContext, fit
-    from tests.test_train import REPO
 
     cfg = load_config(REPO / "tune_specs/runs/atari_pong_cpu.yaml", [
         "data.dataset=generated:atari-pong?steps=600&seed=1", "data.context_length=4", "train.steps=4",

@@ -10,12 +10,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.test_sweep import REPO, raydt_sweep, tiny_sweep
+from tests.helpers import REPO, kill_processes_with_env, ray_temp_dir, raydt_sweep, tiny_sweep
 
 pytestmark = pytest.mark.ray
 
@@ -52,13 +51,18 @@ def fake_cluster_config() -> dict:
 def autoscaling_cluster(tmp_path):
     config = tmp_path / "fake_cluster.yaml"
     config.write_text(yaml.safe_dump(fake_cluster_config()))
-    env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+    # Every process of this cluster (head, autoscaler, the nodes it launches, their workers)
+    # inherits the tag, so stopping it spares any other Ray on the machine; port 0: any free one.
+    tag = ("RAYDT_TEST_CLUSTER", str(tmp_path))
+    env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict([tag]))
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    subprocess.run([*ray, "stop", "--force"], capture_output=True)
-    subprocess.run([*ray, "start", "--head", "--num-cpus=0", "--include-dashboard=true",
-                    f"--autoscaling-config={config}"], env=env, check=True, capture_output=True)
-    yield Path("/tmp/ray/session_latest/logs")
-    subprocess.run([*ray, "stop", "--force"], capture_output=True)
+    started = subprocess.run([*ray, "start", "--head", "--port=0", "--num-cpus=0", "--include-dashboard=true",
+                              f"--autoscaling-config={config}"], env=env, capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield ray_temp_dir() / "session_latest" / "logs"
+    finally:
+        kill_processes_with_env(*tag)
 
 
 def test_sweep_grows_the_cluster_from_a_head_with_no_cpus(autoscaling_cluster, tmp_path):

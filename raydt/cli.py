@@ -348,7 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decision Transformers initialised from pre-trained language models: runs, sweeps, analyses.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # One function per command below: its arguments and its handler.
+    for add in (_add_spec, _add_data, _add_train, _add_pretrain, _add_export, _add_eval, _add_sweep,
+                _add_report, _add_compare, _add_bench, _add_analyze):
+        add(sub)
+    return parser
 
+
+def _add_spec(sub) -> None:
     spec = sub.add_parser("spec", help="inspect specs").add_subparsers(dest="spec_command", required=True)
     show = spec.add_parser("show", help="print the fully resolved config of a spec")
     show.add_argument("file", help="spec YAML file")
@@ -357,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--doc", action="store_true", help="print each key's documentation above it")
     show.set_defaults(func=cmd_spec_show)
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     info = data.add_parser("info", help="summary statistics of a dataset")
     info.add_argument("uri", help="dataset URI: d4rl:NAME|PATH, minari:ID, generated:TASK-QUALITY")
@@ -380,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_policy.add_argument("--out", default=None, help="output .npz (default: the packaged file)")
     train_policy.set_defaults(func=cmd_data_train_policy)
 
+
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="fine-tune one Decision Transformer (Ray Train, or in-process)")
     train.add_argument("spec", help="run spec YAML")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -391,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", default=None, help="Ray cluster to join (auto on a cluster head)")
     train.set_defaults(func=cmd_train)
 
+
+def _add_pretrain(sub) -> None:
     pre = sub.add_parser("pretrain", help="pre-train a GPT-2 on text (ChibiT) into a directory model.backbone accepts")
     pre.add_argument("spec", help="pre-training spec YAML (corpus:, model:, optim:, train:)")
     pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -399,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     pre.set_defaults(func=cmd_pretrain)
 
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="a run as a Hugging Face DecisionTransformerModel")
     export.add_argument("run_dir", help="a run directory (its last checkpoint is exported)")
     export.add_argument("--format", choices=("hf",), default="hf", help="hf: transformers' DecisionTransformerModel")
@@ -407,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also upload it (token from HF_TOKEN or `hf auth login`)")
     export.set_defaults(func=cmd_export)
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a saved run on the simulator")
     ev.add_argument("checkpoint", help="a run directory, a checkpoint .pt file, or a transformers "
                                        "DecisionTransformerModel (its directory, or hf-dt:ORG/NAME)")
@@ -419,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
+
+def _add_sweep(sub) -> None:
     sweep = sub.add_parser("sweep", help="run a sweep of trials on Ray Tune")
     sweep.add_argument("spec", help="sweep spec YAML (a run spec with search: and tune:)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -431,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
     sweep.set_defaults(func=cmd_sweep)
 
+
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="table of a sweep's results, seeds aggregated")
     report.add_argument("sweep_dir")
     report.add_argument("--by", action="append", default=None, metavar="KEY", help="group by this key (repeatable)")
@@ -455,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(a sweep writes them when it ends)")
     report.set_defaults(func=cmd_report)
 
+
+def _add_compare(sub) -> None:
     compare = sub.add_parser("compare", help="learning curves of a sweep's groups")
     compare.add_argument("sweep_dir")
     compare.add_argument("--out", required=True, help="PNG to write")
@@ -465,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also draw performance profiles of the final scores (groups across datasets)")
     compare.set_defaults(func=cmd_compare)
 
+
+def _add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks over finished runs").add_subparsers(dest="bench_command", required=True)
     conv = bench.add_parser(
         "convergence",
@@ -480,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--plot", default=None, metavar="OUT.png", help="plot the averaged curves with best and convergence marked")
     conv.set_defaults(func=cmd_bench_convergence)
 
+
+def _add_analyze(sub) -> None:
     analyze = sub.add_parser("analyze", help="inside the transformer: pre vs post fine-tuning (Takagi 2022)")
     from raydt.analyze import ANALYSES
 
@@ -509,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "default) or the block's output (the residual stream)")
     analyze.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
     analyze.set_defaults(func=cmd_analyze)
-    return parser
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

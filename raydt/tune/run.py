@@ -231,7 +231,8 @@ class SweepOutcome:
     trials: list[dict[str, Any]]
     """One row per trial: name, status, error, last step and metric."""
     unfinished: int = 0
-    """Trials the sweep did not get to end (it was interrupted); ``--resume`` continues them."""
+    """Trials not finished when the sweep was interrupted (0 if it was not); ``--resume``
+    continues them."""
 
 
 def error_line(error: BaseException) -> str:
@@ -399,6 +400,8 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
             write_group_runs(Path(sweep_dir))
         except RaydtError as exc:  # no run evaluated: nothing to group, the sweep's outcome stands
             log(f"no grouped TensorBoard runs: {exc}")
-    # Trials neither finished nor failed: the sweep was stopped (Ctrl-C) before they ended.
-    unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    return SweepOutcome(sweep_dir, rows, unfinished=max(unfinished, spec.num_trials - len(grid), 0))
+    # Trials neither finished nor failed, or not yet created by the searcher (with
+    # max_concurrent, the grid's later points): the sweep was stopped before they ended. Then
+    # every trial not finished counts, those whose processes the Ctrl-C took down included.
+    stopped = len(grid) - grid.num_terminated - grid.num_errors + max(spec.num_trials - len(grid), 0) > 0
+    return SweepOutcome(sweep_dir, rows, unfinished=spec.num_trials - grid.num_terminated if stopped else 0)

@@ -52,17 +52,20 @@ def autoscaling_cluster(tmp_path):
     config = tmp_path / "fake_cluster.yaml"
     config.write_text(yaml.safe_dump(fake_cluster_config()))
     # Every process of this cluster (head, autoscaler, the nodes it launches, their workers)
-    # inherits the tag, so stopping it spares any other Ray on the machine; port 0: any free one.
+    # inherits the tag, so stopping it spares any other Ray on the machine. (The fake provider's
+    # nodes join the head at Ray's default port, so that port must be free.)
     tag = ("RAYDT_TEST_CLUSTER", str(tmp_path))
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", **dict([tag]))
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    started = subprocess.run([*ray, "start", "--head", "--port=0", "--num-cpus=0", "--include-dashboard=true",
+    started = subprocess.run([*ray, "start", "--head", "--num-cpus=0", "--include-dashboard=true",
                               f"--autoscaling-config={config}"], env=env, capture_output=True, text=True)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         yield ray_temp_dir() / "session_latest" / "logs"
     finally:
         kill_processes_with_env(*tag)
+        # As `ray stop` does: a plain ray.init() must not try to join the cluster that was here.
+        (ray_temp_dir() / "ray_current_cluster").unlink(missing_ok=True)
 
 
 def test_sweep_grows_the_cluster_from_a_head_with_no_cpus(autoscaling_cluster, tmp_path):

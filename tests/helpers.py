@@ -146,17 +146,36 @@ def ray_temp_dir() -> Path:
     return Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
 
 
-def kill_processes_with_env(name: str, value: str) -> list[int]:
-    """SIGKILL every process whose environment holds ``name=value``; returns their pids."""
-    wanted = f"{name}={value}".encode()
-    killed = []
+def pids_where(read: str, holds) -> list[int]:
+    """Pids of this machine's other processes whose ``/proc/PID/<read>`` file (``cmdline`` or
+    ``environ``, NUL-separated) satisfies ``holds(list of its byte strings)``."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-        except (OSError, ProcessLookupError):
+            fields = (entry / read).read_bytes().split(b"\0")
+        except OSError:
             continue  # gone already, or not ours to read
+        if holds(fields):
+            pids.append(int(entry.name))
+    return pids
+
+
+def ray_processes(marker: str) -> list[int]:
+    """Pids of processes whose title contains ``marker`` (Ray names its actors' processes
+    ``ray::<Class>.<method>``)."""
+    return pids_where("cmdline", lambda fields: marker.encode() in b" ".join(fields))
+
+
+def kill_processes_with_env(name: str, value: str) -> list[int]:
+    """SIGKILL every process whose environment holds ``name=value``; returns their pids."""
+    wanted = f"{name}={value}".encode()
+    killed = []
+    for pid in pids_where("environ", lambda fields: wanted in fields):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except ProcessLookupError:
+            continue
     return killed

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from raydt.config import config_from_dict, to_dict
-from tests.helpers import eval_steps, tiny_config, wait_for
+from tests.helpers import eval_steps, ray_processes, tiny_config, wait_for
 
 
 def _loop(payload):
@@ -24,21 +24,6 @@ def _loop(payload):
     trainer = Trainer(config_from_dict(payload["config"]), Path(payload["run_dir"]), ctx)
     trainer.fit()
     torch.save(trainer.model.state_dict(), Path(payload["run_dir"]) / f"rank{ctx.rank}.pt")
-
-
-def ray_processes(marker: str) -> list[int]:
-    """Pids of this machine's processes whose title contains ``marker`` (Ray names its
-    actors' processes ``ray::<Class>.<method>``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in title:
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.slow

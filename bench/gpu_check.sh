@@ -16,7 +16,7 @@ start=$(date +%s)
 step() { echo; echo "== $1 ($(( $(date +%s) - start )) s in)"; }
 
 step "GPU tests"
-python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+python -m pytest -q -p no:cacheprovider -m gpu tests/train/test_gpu.py
 
 step "throughput, bf16 autocast"
 python -m bench.throughput --device cuda --sizes dt 3m 18m --name throughput_gpu

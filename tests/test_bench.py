@@ -1,5 +1,7 @@
-"""Benchmarks stay runnable: each runs its --smoke-test (tiny sizes, no result written)."""
+"""Benchmarks stay runnable: each runs its --smoke-test (tiny sizes, no result written), and
+bench/gpu_check.sh names files and flags that exist."""
 
+import shlex
 import subprocess
 import sys
 
@@ -58,3 +60,51 @@ def test_a_resumed_sweep_keeps_its_earlier_sessions_and_idle_is_counted_over_the
     # A sweep written before sessions were recorded is one session.
     (sweep / "timing.json").write_text(json.dumps({"started": 0.0, "finished": 80.0, "concurrency": 1}))
     assert analyse(sweep)["sweep_idle_share"] == pytest.approx(1 - 60 / 80)
+
+
+def gpu_check_commands() -> list[tuple[str, list[str]]]:
+    """(module, arguments) of each ``python -m`` line of bench/gpu_check.sh."""
+    commands = []
+    for line in (REPO / "bench/gpu_check.sh").read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:2] == ["python", "-m"]:
+            commands.append((words[2], words[3:]))
+    return commands
+
+
+def test_gpu_check_names_files_that_exist():
+    # The script runs only on a lent GPU, where a moved file costs the whole (short) loan.
+    commands = gpu_check_commands()
+    assert {module for module, _ in commands} >= {"pytest", "bench.throughput", "bench.convergence"}
+    for module, args in commands:
+        if module.startswith("bench."):
+            assert (REPO / f"{module.replace('.', '/')}.py").is_file(), module
+        for word in args:
+            if "/" in word and not word.startswith("-"):
+                assert (REPO / word).exists(), f"bench/gpu_check.sh: python -m {module} … {word}: no such file"
+
+
+def test_gpu_check_flags_are_accepted_by_each_benchmark(monkeypatch):
+    import argparse
+    import importlib
+
+    class Built(Exception):
+        def __init__(self, parser):
+            self.parser = parser
+
+    def stop(parser, *_args, **_kwargs):
+        raise Built(parser)
+
+    parse = argparse.ArgumentParser.parse_args
+    for module, args in gpu_check_commands():
+        if not module.startswith("bench."):
+            continue
+        # Each benchmark builds its parser inside main(): stop main() there to get it.
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+        with pytest.raises(Built) as built:
+            importlib.import_module(module).main()
+        monkeypatch.undo()
+        try:
+            parse(built.value.parser, args)
+        except SystemExit:
+            pytest.fail(f"bench/gpu_check.sh: python -m {module} {shlex.join(args)}: refused by its parser")

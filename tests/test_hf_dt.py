@@ -145,3 +145,42 @@ def test_fine_tune_from_a_decision_transformer_model(tmp_path):
     with pytest.raises(Exception, match="states and actions are 11 and 3 wide"):
         Trainer(tiny_config(f"model.backbone=hf-dt:{tmp_path / 'dt'}", "data.dataset=generated:halfcheetah-medium"
                             "?steps=2000"), tmp_path / "run2", RunContext(log=lambda _: None))
+    # No tokenizer, so λ2 never turns the (frozen, one-row) token table back on.
+    with pytest.raises(Exception, match="has no usable tokenizer"):
+        Trainer(tiny_config(f"model.backbone=hf-dt:{tmp_path / 'dt'}", "loss.lambda2=0.1"), tmp_path / "run3",
+                RunContext(log=lambda _: None))
+
+
+def _ddp_rank(rank: int, init: str, source: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from raydt.data.sampler import Batch
+    from raydt.train.loop import Objective
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        model, _ = build_model(ModelConfig(backbone=source, dropout=0.0), 5, 2, 6, 100, log=lambda _: None)
+        # Wrapped as the trainer wraps it for two or more workers without λ2's text.
+        module = nn.parallel.DistributedDataParallel(Objective(model.train(), None, "paper"), broadcast_buffers=False)
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        for step in range(2):  # a parameter without a gradient fails the second step
+            states, actions, rtg, timesteps, mask = windows(seed=2 * step + rank)
+            batch = Batch(returns_to_go=rtg, states=states, actions=actions, timesteps=timesteps, mask=mask)
+            optimizer.zero_grad()
+            module(batch, None, 0.0, 0.0)["total"].backward()
+            optimizer.step()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ddp_workers_fine_tune_a_decision_transformer_model(tmp_path):
+    import torch.multiprocessing as mp
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    config = DecisionTransformerConfig(state_dim=5, act_dim=2, hidden_size=32, n_layer=2, n_head=2, max_ep_len=100,
+                                       activation_function="relu")
+    DecisionTransformerModel(config).save_pretrained(tmp_path / "dt")
+    mp.start_processes(_ddp_rank, args=(f"file://{tmp_path / 'store'}", f"hf-dt:{tmp_path / 'dt'}"), nprocs=2,
+                       start_method="spawn", join=True)

@@ -95,6 +95,9 @@ def _from_decision_transformer(cfg: ModelConfig, source: str, obs_dim: int, act_
     expressible(ModelArgs(**{**model.args.to_dict(), "ln_order": cfg.ln_order, "action_head": cfg.action_head,
                              "time_embedding": cfg.time_embedding, "embed_tanh": cfg.embed_tanh,
                              "embed_ln": cfg.embed_ln}))
+    # Its one-row token table is no input of the DT (as build_backbone's is not): left
+    # trainable, it gets no gradient and DDP fails the second step of a multi-worker run.
+    model.backbone.token_embeddings.weight.requires_grad_(False)
     report = LoadReport(source, kind="gpt2")
     report.loaded = [name for name, _ in model.named_parameters()]
     report.frozen = freeze(model.backbone, cfg.freeze)

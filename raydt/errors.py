@@ -32,3 +32,7 @@ class RunFailed(RaydtError):
 
 class Diverged(RunFailed):
     """The training loss became NaN or infinite."""
+
+
+class EvalTimeout(RunFailed):
+    """An evaluation took longer than ``eval.timeout_s``: it would overrun again if retried."""

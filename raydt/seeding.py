@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-STREAMS = {"windows": 0, "text": 1, "resumed_windows": 2, "resumed_text": 3}
+STREAMS = {"windows": 0, "text": 1, "resumed_windows": 2, "resumed_text": 3, "dropout": 4, "resumed_dropout": 5}
 """The random streams of one rank of a run, each with its own seed (:func:`stream_seed`)."""
 
 

@@ -12,10 +12,11 @@ code): AdamW, linear warm-up, global-norm clipping, masked MSE on actions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +34,7 @@ from raydt.data.sources import load_dataset
 from raydt.data.tasks import task_from_env_id
 from raydt.data.text import TextSampler, parse_text_uri, split_tokens, tokenize_cached
 from raydt.data.trajectories import Trajectories
-from raydt.errors import ConfigError, RaydtError
+from raydt.errors import ConfigError, EvalTimeout, RaydtError
 from raydt.eval.protocol import EvalTask, evaluate
 from raydt.fsutil import atomic_write_text
 from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
@@ -102,6 +103,45 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def set_tf32(enabled: bool) -> tuple[str, str] | tuple[bool, bool]:
+    """Allow (or forbid) TF32 tensor cores for fp32 matmuls and convolutions on CUDA (10-bit
+    mantissa inputs, fp32 accumulation), process-wide; returns the previous setting for
+    :func:`restore_tf32`. Through PyTorch's ``fp32_precision`` where it has one (2.9+: mixing
+    it with the older ``allow_tf32`` flags is an error), else ``allow_tf32``. Settable and
+    testable without a GPU."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        before: tuple = (matmul.fp32_precision, cudnn.fp32_precision)
+        matmul.fp32_precision = cudnn.fp32_precision = "tf32" if enabled else "ieee"
+    else:  # PyTorch < 2.9
+        before = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+    return before
+
+
+def restore_tf32(before: tuple[str, str] | tuple[bool, bool]) -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision, cudnn.fp32_precision = before
+    else:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def tf32_enabled() -> bool:
+    matmul = torch.backends.cuda.matmul
+    return matmul.fp32_precision == "tf32" if hasattr(matmul, "fp32_precision") else bool(matmul.allow_tf32)
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 matmuls in full precision (no TF32) inside the block, as before it afterwards."""
+    before = set_tf32(False)
+    try:
+        yield
+    finally:
+        restore_tf32(before)
 
 
 def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
@@ -217,6 +257,9 @@ class Objective(nn.Module):
         self.model = model
         self.variant = variant
         self.register_buffer("centers", centers)
+        self.exact_losses = False
+        """Compute the losses with TF32 off (set on CUDA devices, where TF32 may be on for the
+        forward); a flag rather than a device test, so the CPU tests exercise it."""
 
     def forward(self, batch: Batch, text: torch.Tensor | None, lambda1: float, lambda2: float) -> dict[str, torch.Tensor]:
         untimed = None
@@ -228,9 +271,10 @@ class Objective(nn.Module):
             tokens, token_mask = self.model.embed(batch.states, batch.actions, batch.returns_to_go,
                                                   batch.timesteps, batch.mask)  # (B, 3K, h), (B, 3K)
         pred = self.model.predict(tokens, token_mask)  # (B, K, act)
-        # The losses in fp32 whatever the forward's autocast: autocast would run the cosine
-        # loss's matmuls in bf16 even on fp32 inputs.
-        with torch.autocast(tokens.device.type, enabled=False):
+        # The losses in true fp32 whatever the forward's precision: autocast would run the
+        # cosine loss's matmuls in bf16 even on fp32 inputs, and TF32 with 10-bit mantissas.
+        with torch.autocast(tokens.device.type, enabled=False), \
+                (exact_fp32() if self.exact_losses else contextlib.nullcontext()):
             out = {"action": action_loss(pred.float(), batch.actions, batch.mask)}
             total = out["action"]
             if self.centers is not None:
@@ -290,9 +334,15 @@ class Trainer:
         # evaluation; a CPU group whose timeout is the evaluation budget carries it instead.
         self.wait_group = None
         if ctx.world_size > 1 and dist.is_initialized():
-            self.wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.eval.timeout_s))
+            # The grace lets rank 0 name an overrun first (it checks its evaluation's time).
+            self.wait_group = dist.new_group(backend="gloo",
+                                             timeout=timedelta(seconds=cfg.eval.timeout_s + EVAL_TIMEOUT_GRACE_S))
         self.sampler = self._build_sampler(data.trajectories)
         self._build_optimizer()
+        # Weights are built from the same seed on every rank; from here each rank draws its
+        # own dropout masks (the global torch/CUDA, NumPy and Python streams), or DDP would
+        # apply one mask to every rank's different windows.
+        seed_everything(stream_seed(cfg.train.seed, ctx.rank, "dropout"))
         self.setup_seconds = time.time() - self._started
         """Wall seconds of this session's set-up (dataset, model, objectives), for timing.json."""
 
@@ -329,11 +379,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.decay, cfg.optim.weight_decay),
                                            lr=cfg.optim.lr, eps=cfg.optim.eps, betas=cfg.optim.betas,
                                            **optimizer_options(device.type))
-        if device.type == "cuda":
-            # TF32 tensor cores for the fp32 matmuls autocast leaves (10-bit mantissa inputs,
-            # fp32 accumulation): PyTorch's recommended setting for training on Ampere and later.
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        # TF32 tensor cores for the fp32 matmuls autocast leaves (Ampere and later), only when
+        # the run asked for reduced precision: train.precision=fp32 means IEEE fp32 throughout,
+        # evaluation included. Set either way: an earlier run in this process may have set it.
+        set_tf32(cfg.train.precision != "fp32")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg.optim, cfg.train.steps))
 
     def _wrap(self, text_in_use: bool) -> nn.Module:
@@ -372,6 +421,7 @@ class Trainer:
                                           seed=0, log=log)
             centers = unit if loss.cosine_variant == "paper" else means
         self.objective = Objective(self.model, centers, loss.cosine_variant)
+        self.objective.exact_losses = self.ctx.device.type == "cuda"
         if not (loss.lambda2 > 0 or loss.track_text_loss):
             return
         from transformers import AutoTokenizer
@@ -472,7 +522,24 @@ class Trainer:
             "resumed_at_step": self.step,
         }
 
-    def checkpoint_payload(self) -> dict[str, Any]:
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's random streams: the global RNGs (dropout) and its samplers'."""
+        return {"rng": rng_state(), "sampler_rng": self.sampler.rng_state(),
+                "text_rng": self.text.generator.get_state() if self.text is not None else None}
+
+    def gather_rank_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's :meth:`rank_state`, on rank 0 (None elsewhere): a collective, called
+        by all ranks at the same step, on the CPU group."""
+        own = self.rank_state()
+        if self.ctx.world_size == 1 or not dist.is_initialized():
+            return [own]
+        states: list[Any] | None = [None] * self.ctx.world_size if self.ctx.rank == 0 else None
+        dist.gather_object(own, states, dst=0, group=self.wait_group)
+        return states
+
+    def checkpoint_payload(self, rank_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """What a checkpoint holds; ``rank_states`` (from :meth:`gather_rank_states`) lets
+        every rank of a resumed run continue its own random streams."""
         return {
             "model": strip_prefixes(self.model.state_dict()),
             "model_args": self.model.args.to_dict(),
@@ -493,6 +560,7 @@ class Trainer:
             # λ2 moves the token table; a resumed run keeps the centres it started with.
             "cluster_centers": self.objective.centers,
             "text_rng": self.text.generator.get_state() if self.text is not None else None,
+            "rank_states": rank_states if rank_states is not None else [self.rank_state()],
         }
 
     def restore(self, payload: dict[str, Any]) -> list[str]:
@@ -504,27 +572,46 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])  # moves its state to each parameter's device
         self.scheduler.load_state_dict(payload["scheduler"])
         self.step = int(payload["step"])
-        notes = set_rng_state(payload["rng"])
-        # Each rank continues its own window stream: rank r draws a fresh stream seeded by
-        # (seed, rank, step) since only rank 0's generator state is in the checkpoint.
-        fresh = stream_seed(self.config.train.seed, self.ctx.rank, "resumed_windows", self.step)
-        if self.ctx.rank == 0:
-            notes.append(restore_generator(self.sampler.generator, payload["sampler_rng"], fresh, "window sampler"))
-        else:
-            self.sampler.generator.manual_seed(fresh)
+        notes = self._restore_streams(payload)
         self.train_seconds = float(payload["perf"]["train_seconds"])
         self.eval_seconds = float(payload["perf"]["eval_seconds"])
         self.best_score = float(payload["best_score"])
         self.evals_since_best = int(payload["evals_since_best"])
         if payload.get("cluster_centers") is not None:
             self.objective.centers = payload["cluster_centers"].to(self.ctx.device)
+        return [n for n in notes if n]
+
+    def _restore_streams(self, payload: dict[str, Any]) -> list[str | None]:
+        """Each rank continues its own random streams when the checkpoint holds one state per
+        rank of this run's size; otherwise (an older checkpoint, another worker count) rank 0
+        continues rank 0's and every other rank starts fresh streams seeded by (seed, rank,
+        step), different on every rank, and says so."""
+        seed, rank, step = self.config.train.seed, self.ctx.rank, self.step
+        states = payload.get("rank_states") or []
+        notes: list[str | None] = []
+        if len(states) == self.ctx.world_size:
+            own = states[rank]
+        elif rank == 0:
+            own = {"rng": payload["rng"], "sampler_rng": payload["sampler_rng"], "text_rng": payload.get("text_rng")}
+            if len(states) > 1 or self.ctx.world_size > 1:
+                notes.append(f"the checkpoint holds the random streams of {max(len(states), 1)} rank(s) and this run "
+                             f"has {self.ctx.world_size}: ranks other than 0 continue with fresh streams")
+        else:
+            own = None
+        if own is None:
+            seed_everything(stream_seed(seed, rank, "resumed_dropout", step))
+            self.sampler.generator.manual_seed(stream_seed(seed, rank, "resumed_windows", step))
+        else:
+            notes += set_rng_state(own["rng"])
+            notes.append(restore_generator(self.sampler.generator, own["sampler_rng"],
+                                           stream_seed(seed, rank, "resumed_windows", step), "window sampler"))
         if self.text is not None:
-            text_fresh = stream_seed(self.config.train.seed, self.ctx.rank, "resumed_text", self.step)
-            if self.ctx.rank == 0 and payload.get("text_rng") is not None:
-                notes.append(restore_generator(self.text.generator, payload["text_rng"], text_fresh, "text sampler"))
+            text_fresh = stream_seed(seed, rank, "resumed_text", step)
+            if own is not None and own.get("text_rng") is not None:
+                notes.append(restore_generator(self.text.generator, own["text_rng"], text_fresh, "text sampler"))
             else:
                 self.text.generator.manual_seed(text_fresh)
-        return [n for n in notes if n]
+        return notes
 
     # ----------------------------------------------------------------------------------
 
@@ -561,8 +648,10 @@ class Trainer:
                 self.train_seconds += now - tick
                 metrics = self._log_window(window, (lambda1, lambda2), (self.step - log_step) / max(now - log_tick, 1e-9))
                 checkpoint = None
+                rank_states = None
                 if at_eval:
                     stop = self._evaluate_and_track(metrics)
+                    rank_states = self.gather_rank_states()
                 metrics["perf/total_seconds"] = self.train_seconds + self.eval_seconds
                 if lead:
                     sink.log(self.step, metrics)
@@ -570,7 +659,7 @@ class Trainer:
                     # The checkpoint after the row: a run killed between the two resumes from
                     # the previous checkpoint and logs this evaluation again, never skips it.
                     if at_eval:
-                        checkpoint = save_checkpoint(self.files.last, self.checkpoint_payload())
+                        checkpoint = save_checkpoint(self.files.last, self.checkpoint_payload(rank_states))
                 if at_eval and ctx.report is not None:
                     ctx.report(self.step, metrics, checkpoint)
                 last = metrics
@@ -643,7 +732,13 @@ class Trainer:
         if self.ctx.rank == 0:
             started = time.perf_counter()
             metrics.update(self.evaluate())
-            self.eval_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.eval_seconds += took
+            limit = self.config.eval.timeout_s
+            if self.ctx.world_size > 1 and took > limit:
+                raise EvalTimeout(f"the evaluation at step {self.step} took {took:.0f} s, more than "
+                                  f"eval.timeout_s={limit} that the other ranks wait; raise eval.timeout_s, or "
+                                  "evaluate fewer episodes (eval.episodes) or shorter ones (eval.max_steps)")
             score = metrics.get("eval/normalized_score", metrics["eval/return_mean"])
             if score > self.best_score:
                 self.best_score, self.evals_since_best = score, 0
@@ -671,18 +766,34 @@ class Trainer:
         evaluates, on the CPU group sized to the evaluation budget)."""
         if self.ctx.world_size == 1:
             return stop
-        return agree_with_rank0(stop, self.wait_group)
+        return agree_with_rank0(stop, self.wait_group, waiting_for=f"rank 0's evaluation at step {self.step}",
+                                timeout_s=self.config.eval.timeout_s + EVAL_TIMEOUT_GRACE_S)
 
 
-def agree_with_rank0(flag: bool, group: Any = None) -> bool:
+EVAL_TIMEOUT_GRACE_S = 60
+"""Seconds the other ranks wait past ``eval.timeout_s`` before they give up on rank 0."""
+
+
+def agree_with_rank0(flag: bool, group: Any = None, waiting_for: str = "", timeout_s: float | None = None) -> bool:
     """Rank 0's ``flag`` on every rank of ``group`` (a CPU/gloo group; None: a fresh one), so
-    that all ranks take the same branch (stop early, resume or start afresh)."""
+    that all ranks take the same branch (stop early, resume or start afresh). A wait that
+    runs into the group's timeout (``timeout_s``) is :class:`EvalTimeout`, naming
+    ``waiting_for`` (a permanent error: the same evaluation would overrun again)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag
     own = group is None
     group = group if group is not None else dist.new_group(backend="gloo")
     value = torch.tensor([1 if flag else 0], dtype=torch.int64)  # a CPU tensor: gloo
-    dist.broadcast(value, src=0, group=group)
+    started = time.monotonic()
+    try:
+        dist.broadcast(value, src=0, group=group)
+    except RuntimeError as exc:  # gloo's timeout (DistBackendError), or a peer that went away
+        waited = time.monotonic() - started
+        if timeout_s is not None and waited >= 0.95 * timeout_s:
+            raise EvalTimeout(f"rank {dist.get_rank()} waited {waited:.0f} s for {waiting_for}, past "
+                              f"eval.timeout_s (+{EVAL_TIMEOUT_GRACE_S} s); raise eval.timeout_s, or evaluate "
+                              "fewer episodes (eval.episodes) or shorter ones (eval.max_steps)") from exc
+        raise
     if own:
         dist.destroy_process_group(group)
     return bool(value.item())

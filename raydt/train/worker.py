@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raydt.config import ExperimentConfig, config_from_dict, to_dict
-from raydt.errors import RaydtError, RunFailed
+from raydt.errors import EvalTimeout, RaydtError, RunFailed
 from raydt.rundir import CHECKPOINTS, LAST, RAY_TRAIN, RunDir, last_checkpoint_uri
 
 
@@ -68,6 +68,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     config = config_from_dict(payload["config"])
     rank = ray.train.get_context().get_world_rank()
+    bind_gloo_to(ray.util.get_node_ip_address())  # before raydt's own gloo groups are made
     mirror = None
     if payload.get("storage"):
         from raydt import storage
@@ -91,6 +92,31 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     Trainer(config, run_dir, worker_context(mirror if rank == 0 else None)).fit(resume=resume)
     if mirror is not None and rank == 0:
         mirror.sync_up()  # timing.json, the last rows and events
+
+
+def interface_of(ip: str) -> str | None:
+    """The name of the network interface that holds the address ``ip``, if any."""
+    import socket
+
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6)):
+            return name
+    return None
+
+
+def bind_gloo_to(ip: str) -> str | None:
+    """Make the gloo groups this process creates from now on listen on the interface of
+    ``ip`` (the Ray node's address), unless ``GLOO_SOCKET_IFNAME`` is set already; returns the
+    interface chosen. Without it gloo binds to the address the hostname resolves to, which on
+    Ubuntu's default /etc/hosts is 127.0.1.1: ranks on other nodes could never connect."""
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return None
+    name = interface_of(ip)
+    if name is not None:
+        os.environ["GLOO_SOCKET_IFNAME"] = name
+    return name
 
 
 def _clear(folder: Path) -> None:
@@ -146,8 +172,13 @@ def permanent_failure(error: Exception) -> RaydtError | None:
     bad input or a diverged loss, which fails the same way however often it is run."""
     failures = getattr(error, "worker_failures", {}) or {}
     for rank in sorted(failures):
-        if isinstance(failures[rank], RaydtError):
-            return failures[rank]
+        failure = failures[rank]
+        # A rank that gave up waiting on rank 0 while rank 0 itself was lost (its node gone):
+        # the wait ended because of the loss, which a restart recovers from.
+        if isinstance(failure, EvalTimeout) and rank > 0 and not isinstance(failures.get(0, failure), RaydtError):
+            continue
+        if isinstance(failure, RaydtError):
+            return failure
     return None
 
 

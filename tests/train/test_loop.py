@@ -11,7 +11,7 @@ from raydt.sinks import read_metrics
 from raydt.train.checkpoint import load_checkpoint
 from raydt.train.driver import run_training
 from raydt.train.loop import RunContext, fit
-from tests.helpers import TINY_MODEL, TINY_RUN, quiet, raydt, tiny_config, tiny_model
+from tests.helpers import TINY_MODEL, TINY_RUN, quiet, random_batch, raydt, tiny_config, tiny_model
 
 
 def test_run_directory_contract(tmp_path):
@@ -157,3 +157,26 @@ def test_dt_atari_optimiser_groups_and_cosine_schedule():
     assert f(100) == pytest.approx(max(0.1, 0.5 * (1 + math.cos(math.pi * 0.9))))
     assert f(110) == f(500) == pytest.approx(0.1)  # stays at the floor
     assert lr_schedule(OptimConfig(warmup_steps=4), 100)(50) == 1.0  # warmup only: constant after
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("bf16", True), ("auto", True)])
+def test_tf32_only_where_precision_is_reduced_and_never_in_the_losses(tmp_path, monkeypatch, precision, tf32):
+    import raydt.train.loop as loop
+    from raydt.data.sampler import Batch
+    from raydt.train.loop import Trainer, restore_tf32, set_tf32, tf32_enabled
+
+    before = set_tf32(not tf32)  # what an earlier run in this process may have left
+    try:
+        trainer = Trainer(tiny_config(f"train.precision={precision}", "loss.lambda1=0"), tmp_path, quiet())
+        assert tf32_enabled() is tf32
+        seen = []
+        real = loop.action_loss
+        monkeypatch.setattr(loop, "action_loss", lambda *a: seen.append(tf32_enabled()) or real(*a))
+        # The flag a CUDA device sets: the loss block turns TF32 off and back on after it.
+        trainer.objective.exact_losses = True
+        args = trainer.model.args
+        batch = Batch(**random_batch(b=2, k=5, obs_dim=args.obs_dim, act_dim=args.act_dim))
+        trainer.objective(batch, None, 0.0, 0.0)
+        assert seen == [False] and tf32_enabled() is tf32
+    finally:
+        restore_tf32(before)

@@ -263,13 +263,15 @@ def cluster_shape():
     import ray
 
     from raydt.resources import (
-        declares_resources,
+        is_local_provider,
+        live_nodes_by_type,
         shape_from_autoscaler_config,
         shape_from_cluster_config_proto,
         shape_from_nodes,
     )
 
-    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [dict(n["Resources"]) for n in alive]
     try:
         import ray._private.state
 
@@ -283,11 +285,15 @@ def cluster_shape():
         import yaml
 
         config = yaml.safe_load(path.read_text()) or {}
-        if declares_resources(config):
-            return shape_from_autoscaler_config(config, f"the autoscaler config {path}", _alive_by_type(config, nodes))
-        # The local provider (clusters/local.yaml): its machines exist and Ray detects what
-        # they hold, so the nodes alive now are the cluster.
-        return shape_from_nodes(nodes, source=f"the nodes alive now ({path} leaves node resources to Ray)")
+        source = f"the autoscaler config {path}"
+        if is_local_provider(config):
+            # The local provider (clusters/local.yaml): its machines exist and Ray detects what
+            # they hold, so the nodes alive now are the cluster.
+            return shape_from_nodes(nodes, source=f"the nodes alive now ({path}: the local provider's machines)")
+        # Any other provider launches nodes of its types; what a type's resources leave out
+        # (`resources: {}`) is filled from its live nodes first: the head by Ray's head marker,
+        # the rest by the ray.io/node-group label autoscaler v2 gives them, else by size.
+        return shape_from_autoscaler_config(config, source, live_nodes_by_type(config, alive, source))
     return shape_from_nodes(nodes)
 
 
@@ -309,21 +315,3 @@ def autoscaler_config_path(gcs_address: str) -> Path | None:
                 return path
     bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
     return bootstrap if bootstrap.is_file() else None
-
-
-def _alive_by_type(config: dict[str, Any], nodes: list[dict[str, float]]) -> dict[str, int]:
-    """Alive nodes counted per node type, matched by their CPU and GPU counts (the head by
-    Ray's head marker)."""
-    types = config.get("available_node_types") or {}
-    head = config.get("head_node_type")
-    counts: dict[str, int] = {}
-    for node in nodes:
-        if "node:__internal_head__" in node and head in types:
-            name = head
-        else:
-            name = next((n for n, t in types.items()
-                         if float(((t or {}).get("resources") or {}).get("CPU", 0)) == node.get("CPU", 0)
-                         and float(((t or {}).get("resources") or {}).get("GPU", 0)) == node.get("GPU", 0)), None)
-        if name is not None:
-            counts[name] = counts.get(name, 0) + 1
-    return counts

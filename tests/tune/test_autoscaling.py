@@ -1,7 +1,8 @@
 """A sweep on an autoscaling cluster shaped like clusters/aws.yaml: a 0-CPU head, worker
 types at min_workers 0. Nothing can run when the sweep starts; the trials' pending
 placement groups make the autoscaler launch the nodes they run on (Ray's fake multi-node
-provider: each "node" is a local raylet the autoscaler starts)."""
+provider: each "node" is a local raylet the autoscaler starts). Its head type declares no
+resources, as Ray's example cluster files leave them: the live head node tells raydt."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def fake_cluster_config() -> dict:
                      "disable_node_updaters": True, "disable_launch_config_check": True},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            # `resources: {}` as in Ray's own examples; `ray start --num-cpus=0` makes it 0 CPU.
+            "ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0},
             "cpu_1x": {"resources": {"CPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2},
             # What size_scaling.yaml's dry run plans with; CPU trials may land here too.
             "gpu_1x": {"resources": {"CPU": 8, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1},
@@ -68,11 +70,12 @@ def autoscaling_cluster(tmp_path):
         (ray_temp_dir() / "ray_current_cluster").unlink(missing_ok=True)
 
 
-def test_sweep_grows_the_cluster_from_a_head_with_no_cpus(autoscaling_cluster, tmp_path):
+def test_sweep_grows_the_cluster_from_a_head_that_declares_nothing(autoscaling_cluster, tmp_path):
     plan = subprocess.run([sys.executable, "-m", "raydt", "sweep", "tune_specs/size_scaling.yaml",
                            "--address", "auto", "--dry-run"], cwd=REPO, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert "autoscaling, node types from the autoscaler config" in plan.stdout
+    assert "ray.head.default (0 CPU, filled in from its live node; head)" in plan.stdout
     assert "gpu_1x: 1 trial(s) per node, up to 1 node(s)" in plan.stdout  # 8 CPU, 1 GPU holds one
     assert "concurrency:   1 trial(s) at a time" in plan.stdout
 

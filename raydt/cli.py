@@ -106,10 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from raydt.train.driver import run_training
 
     config = load_config(args.spec, args.set)
-    if args.out and is_uri(args.out):
-        raise RaydtError(f"--out {args.out}: raydt train writes a local run directory; sweeps write to "
-                         "URIs (raydt sweep SPEC --out s3://...)")
-    run_dir = writable_dir(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem, "--out")
+    # A URI (s3://…, file:// on a shared filesystem): rank 0 stages the run on its node and
+    # mirrors it there, and the results are read back from it, wherever rank 0 ran.
+    run_dir: Path | str = args.out.rstrip("/") if args.out and is_uri(args.out) else \
+        writable_dir(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem, "--out")
     writable_dir(data_dir(), "RAYDT_DATA_DIR (raydt's data cache)")
     metrics = run_training(
         config, run_dir, use_ray=not args.no_ray, resume=args.resume, overwrite=args.overwrite,
@@ -395,7 +395,8 @@ def _add_train(sub) -> None:
     train.add_argument("spec", help="run spec YAML")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a key, e.g. --set train.steps=5000 (repeatable)")
-    train.add_argument("--out", default=None, help="run directory (default runs/<spec name>)")
+    train.add_argument("--out", default=None, help="run directory (default runs/<spec name>), or a URI every node "
+                       "reaches (s3://..., file://...) for a run on a multi-node cluster")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a run already in the directory")
     train.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray")

@@ -59,6 +59,16 @@ def data_dir() -> Path:
     return Path(platformdirs.user_cache_dir("raydt"))
 
 
+def d4rl_dir() -> Path:
+    """Where D4RL files are looked for: $D4RL_DATASET_DIR, else ~/.d4rl/datasets (as d4rl)."""
+    return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
+
+
+def minari_dir() -> Path:
+    """Where Minari keeps datasets: $MINARI_DATASETS_PATH, else ~/.minari/datasets."""
+    return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets")).expanduser()
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock beside ``path``: concurrent trials make a cached file once."""

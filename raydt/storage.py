@@ -66,6 +66,25 @@ def exists(location: str | os.PathLike) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def parent(location: str) -> str:
+    """The folder holding ``location`` (a local path or a URI)."""
+    return str(location).rstrip("/").rsplit("/", 1)[0]
+
+
+def remove(location: str | os.PathLike) -> None:
+    """Delete ``location`` and everything under it (a local folder or a URI), if it exists."""
+    if not is_uri(location):
+        import shutil
+
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(str(location))
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
 def read_text(location: str | os.PathLike) -> str:
     if not is_uri(location):
         return Path(location).read_text()
@@ -82,10 +101,10 @@ def write_text(location: str | os.PathLike, text: str) -> None:
         atomic_write_text(location, text)
         return
     fs, path = filesystem(str(location))
-    _put(fs, path, lambda out: out.write(text.encode()))
+    put(fs, path, lambda out: out.write(text.encode()))
 
 
-def _put(fs, path: str, write) -> None:
+def put(fs, path: str, write) -> None:
     """Publish ``path`` on ``fs`` complete or not at all."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
@@ -134,7 +153,7 @@ class Mirror:
                     while chunk := src.read(1 << 22):
                         out.write(chunk)
 
-            _put(fs, f"{root.rstrip('/')}/{rel}", copy)
+            put(fs, f"{root.rstrip('/')}/{rel}", copy)
             self._sent[rel] = key
             sent += 1
         return sent

@@ -59,7 +59,7 @@ def test_a_failed_upload_leaves_the_old_file(tmp_path):
         raise OSError("connection lost")
 
     with pytest.raises(OSError, match="connection lost"):
-        storage._put(fs, path, broken)
+        storage.put(fs, path, broken)
     assert storage.read_text(uri) == "old"
     assert remote_files(tmp_path / "store") == ["sweep.yaml"]
 
@@ -80,8 +80,8 @@ def test_unknown_scheme_is_named():
         storage.exists("nosuch://bucket/sweep")
 
 
-def test_train_refuses_a_uri_out(capsys):
+def test_train_without_ray_refuses_a_uri_out(capsys):
     from raydt.cli import main
 
-    assert main(["train", "tune_specs/runs/hopper_medium_dt.yaml", "--out", "s3://bucket/run"]) == 2
-    assert "raydt train writes a local run directory" in capsys.readouterr().err
+    assert main(["train", "tune_specs/runs/hopper_medium_dt.yaml", "--no-ray", "--out", "s3://bucket/run"]) == 2
+    assert "--no-ray writes a local run directory" in capsys.readouterr().err

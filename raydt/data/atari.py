@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raydt.artifacts import refuse_build
 from raydt.data.dqn_replay import FRAME, dopamine_layout, write_checkpoint
 from raydt.errors import DataError
 from raydt.fsutil import data_dir, locked
@@ -171,6 +172,7 @@ def generated_atari_dir(request: AtariRequest, log: Callable[[str], None] = prin
     with locked(out):
         if done.exists():
             return out / "replay_logs"
+        refuse_build(f"the dataset generated:atari-{request.game}")
         log(f"generating {request.steps:,} transitions of {GAMES[request.game].name} with ALE into {out}")
         episodes = record_episodes(request, log=log)
         write_checkpoint(out / "replay_logs", 0, *dopamine_layout(episodes))

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from raydt.artifacts import refuse_build
 from raydt.data.tasks import TASKS, get_task
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
-from raydt.fsutil import atomic_path
+from raydt.fsutil import atomic_path, d4rl_dir
 from raydt.offline import is_offline
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
@@ -37,11 +38,6 @@ D4RL_QUALITIES = ("random", "medium", "expert", "medium-replay", "medium-expert"
 """Dataset kinds D4RL publishes for each MuJoCo task."""
 
 _NAME = re.compile(r"^(?P<task>[a-z0-9]+)-(?P<quality>[a-z-]+)-v2$")
-
-
-def d4rl_dir() -> Path:
-    """Where D4RL files are looked for: $D4RL_DATASET_DIR, else ~/.d4rl/datasets (as d4rl)."""
-    return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets")).expanduser()
 
 
 def d4rl_filename(name: str) -> str:
@@ -81,6 +77,7 @@ def fetch_d4rl(name: str, download: bool = True) -> Path:
     )
     if not download or is_offline():
         raise DataError(f"d4rl:{name}: {path} not found; {hint}")
+    refuse_build(f"the dataset d4rl:{name}")
     try:
         _download(url, path)
     except (urllib.error.URLError, OSError, TimeoutError, DataError) as exc:

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode
 import numpy as np
 
 from raydt import __version__
+from raydt.artifacts import refuse_build
 from raydt.data.ars import LinearPolicy
 from raydt.data.d4rl import read_d4rl_hdf5, write_d4rl_hdf5
 from raydt.data.tasks import ENV_VERSIONS, TASKS, Task, get_task, make_env
@@ -329,6 +330,7 @@ def make_dataset(spec: GeneratedSpec, force: bool = False, log: Callable[[str], 
     with locked(path):
         if path.is_file() and not force:
             return path
+        refuse_build(f"the dataset {spec.uri}")
         started = time.time()
         log(f"making {spec.uri} ({spec.steps} steps on {spec.env_id}) → {path}")
         if spec.quality == "medium-expert":

@@ -7,12 +7,12 @@ the network is allowed ($RAYDT_OFFLINE unset).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from raydt.artifacts import refuse_build
 from raydt.data.trajectories import Trajectories
 from raydt.errors import DataError
+from raydt.fsutil import minari_dir
 from raydt.offline import is_offline
 
 
@@ -23,13 +23,14 @@ def read_minari(dataset_id: str, download: bool = True) -> Trajectories:
     source = f"minari:{dataset_id}"
     local = set(minari.list_local_datasets())
     if dataset_id not in local:
-        root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+        root = minari_dir()
         hint = (
             f"looked in {root}; fetch it with `minari download {dataset_id}` "
             "(needs the network), or point $MINARI_DATASETS_PATH at a folder that holds it"
         )
         if not download or is_offline():
             raise DataError(f"{source}: not found locally; {hint}")
+        refuse_build(f"the dataset {source}")
         try:
             minari.download_dataset(dataset_id)
         except Exception as exc:  # Minari raises several types for unknown ids and no network

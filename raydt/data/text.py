@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raydt.artifacts import refuse_build
 from raydt.errors import ConfigError, DataError
 from raydt.fsutil import atomic_path, data_dir, locked
 from raydt.offline import is_offline
@@ -166,18 +167,25 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(vocab.encode()).hexdigest()[:16]
 
 
+def tokens_path(uri: str, tokenizer: Any, key: str = "loss.text") -> Path:
+    """Where :func:`tokenize_cached` keeps the token ids of ``uri`` under ``tokenizer``."""
+    source = parse_text_uri(uri, key)
+    digest = hashlib.sha256(
+        json.dumps([source.identity(), tokenizer_fingerprint(tokenizer)], default=str).encode()
+    ).hexdigest()[:24]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", source.kind)
+    return data_dir() / "text" / f"{slug}-{digest}.npy"
+
+
 def tokenize_cached(uri: str, tokenizer: Any, log: Callable[[str], None] = print,
                     key: str = "loss.text") -> np.ndarray:
     """All token ids of a text source under ``tokenizer`` (int32), computed once."""
     source = parse_text_uri(uri, key)
-    key = hashlib.sha256(
-        json.dumps([source.identity(), tokenizer_fingerprint(tokenizer)], default=str).encode()
-    ).hexdigest()[:24]
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", source.kind)
-    path = data_dir() / "text" / f"{slug}-{key}.npy"
+    path = tokens_path(uri, tokenizer, key)
     with locked(path):
         if path.is_file():
             return np.load(path)
+        refuse_build(f"the tokenised text {uri}")
         text = source.read()
         log(f"tokenising {uri} ({len(text) / 1e6:.1f}M characters) → {path}")
         chunks = [text[i:i + 1_000_000] for i in range(0, len(text), 1_000_000)]

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from raydt.artifacts import refuse_build
 from raydt.fsutil import atomic_path, data_dir, locked
 
 _CHUNK = 8192
@@ -105,6 +106,11 @@ def _cache_key(embeddings: torch.Tensor, num_clusters: int, seed: int) -> str:
     return f"{digest[:20]}-c{num_clusters}-s{seed}"
 
 
+def clusters_path(embeddings: torch.Tensor, num_clusters: int, seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """Where :func:`cached_clusters` keeps the clusters of ``embeddings``: named by their content."""
+    return (cache_dir or data_dir() / "kmeans") / f"{_cache_key(embeddings, num_clusters, seed)}.pt"
+
+
 def cached_clusters(
     embeddings: torch.Tensor,
     num_clusters: int,
@@ -117,12 +123,12 @@ def cached_clusters(
     The cache key is a hash of the matrix itself, so two directories holding the same model
     share one entry and a re-trained model never reads a stale one.
     """
-    cache_dir = cache_dir or data_dir() / "kmeans"
-    path = cache_dir / f"{_cache_key(embeddings, num_clusters, seed)}.pt"
+    path = clusters_path(embeddings, num_clusters, seed, cache_dir)
     with locked(path):
         if path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             return saved["centers"], saved["means"]
+        refuse_build(f"the k-means centres of λ1 ({num_clusters} clusters, {path.name})")
         log(f"k-means: {embeddings.shape[0]} token embeddings → {num_clusters} clusters (cached at {path})")
         result = kmeans(embeddings.cpu(), num_clusters, seed=seed)
         with atomic_path(path) as tmp:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raydt.artifacts import refuse_build
 from raydt.config import PRETRAIN_SCHEME, to_dict
 from raydt.errors import ConfigError
 from raydt.fsutil import atomic_write_text, data_dir, locked
@@ -49,6 +50,7 @@ def pretrained_dir(spec_path: str | Path, overrides: Any = (), log: Callable[[st
     with locked(done):
         if done.is_file():
             return model_dir
+        refuse_build(f"the pre-trained backbone pretrain:{spec_path}")
         log(f"pre-training the backbone of {spec_path} into {run_dir} (once; later runs reuse it)")
         pretrain(cfg, run_dir, resume=RunDir(run_dir).last.is_file(), log=log)
         atomic_write_text(done, json.dumps({"spec": str(spec_path)}))

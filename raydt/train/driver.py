@@ -1,4 +1,5 @@
-"""Starting a run: check everything cheap first, then train in-process or on Ray Train."""
+"""Starting a run: check everything cheap first, prepare its inputs, then train in-process
+or on Ray Train."""
 
 from __future__ import annotations
 
@@ -6,14 +7,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raydt import storage
 from raydt.config import ExperimentConfig
-from raydt.errors import RaydtError
-from raydt.rundir import RunDir
+from raydt.errors import RaydtError, RunFailed
+from raydt.rundir import METRICS, RunDir, last_checkpoint_uri
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a finished or running run unless asked to."""
-    run = RunDir(run_dir)
+def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber a finished or running run unless asked to (a local directory or a
+    run at a storage URI alike)."""
+    if storage.is_uri(run_dir):
+        uri = str(run_dir)
+        has_checkpoint = storage.exists(last_checkpoint_uri(uri))
+        has_run = has_checkpoint or storage.exists(storage.join(uri, METRICS))
+        if resume and not has_checkpoint:
+            raise RaydtError(f"--resume: {uri} holds no checkpoint; run without --resume")
+        if not resume and has_run and not overwrite:
+            raise RaydtError(f"{uri} already holds a run; continue it with --resume, pick another place with "
+                             "--out, or replace it with --overwrite")
+        if not resume and has_run:
+            storage.remove(uri)
+        return
+    run = RunDir(Path(run_dir))
     if resume:
         if not run.last.exists():
             raise RaydtError(f"--resume: {run_dir} holds no checkpoint ({run.last.relative_to(run_dir)}); "
@@ -31,17 +46,23 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def run_training(
     config: ExperimentConfig,
-    run_dir: Path,
+    run_dir: Path | str,
     use_ray: bool = True,
     resume: bool = False,
     overwrite: bool = False,
     address: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir``; bad input fails here, before Ray or a model starts."""
+    """Train ``config`` into ``run_dir`` (a local directory, or with Ray a storage URI); bad
+    input fails here, before Ray or a model starts."""
+    from raydt.artifacts import Prepared, store_for
     from raydt.preflight import check_configs
-    from raydt.train.loop import RunContext, fit, resolve_run_data
+    from raydt.prepare import prepare_runs
+    from raydt.train.loop import RunContext, fit
 
+    remote = storage.is_uri(run_dir)
+    if remote and not use_ray:
+        raise RaydtError(f"--out {run_dir}: --no-ray writes a local run directory; drop --no-ray to write to a URI")
     check_configs([("", config)])  # backbone, dataset file and text exist, before anything is built
     prepare_run_dir(run_dir, resume, overwrite)
     if config.resources.use_gpu:
@@ -49,10 +70,6 @@ def run_training(
 
         if not use_ray and not torch.cuda.is_available():
             raise RaydtError("resources.use_gpu=true but no CUDA device is visible; set resources.use_gpu=false")
-    resolve_run_data(config, log=log)  # makes/loads the dataset and settles env and targets
-    from raydt.pretrain import resolve_backbone
-
-    resolve_backbone(config.model.backbone, config.model, log=log)  # a pretrain:SPEC backbone is made here, once
     if not use_ray:
         if config.resources.num_workers > 1:
             raise RaydtError(
@@ -61,12 +78,30 @@ def run_training(
             )
         import torch
 
+        artifacts = prepare_runs([config], None, log=log)  # datasets, backbone, centres, text: made once here
         device = torch.device("cuda" if config.resources.use_gpu else "cpu")
-        return fit(config, run_dir, RunContext(device=device, log=log), resume=resume)
+        return fit(config, Path(run_dir), RunContext(device=device, log=log, artifacts=artifacts), resume=resume)
     if address is None:  # a local Ray gets this machine: check before starting it
         from raydt.resources import local_nodes, trial_capacity
 
         trial_capacity(config.resources, local_nodes(), "resources")
+    # Built once here, published where every node can pull it (a URI run's storage, or
+    # $RAYDT_ARTIFACTS), so no worker generates data or pre-trains on its own node.
+    store = store_for(storage.parent(str(run_dir)) if remote else None)
+    artifacts = prepare_runs([config], store, log=log)
     from raydt.train.worker import run_with_ray
 
-    return run_with_ray(config, run_dir, address=address)
+    run_with_ray(config, run_dir, address=address, prepared=Prepared(tuple(artifacts), store.location if store else None))
+    # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
+    return results_of(run_dir)
+
+
+def results_of(run_dir: Path | str) -> dict[str, Any]:
+    """The latest value of every metric a run logged, read from its directory or its URI."""
+    local = storage.local_view(run_dir) if storage.is_uri(run_dir) else Path(run_dir)
+    rows = RunDir(local).read_metrics()
+    if not rows:
+        raise RunFailed(f"the run finished but {run_dir} holds no metrics: its first rank ran on another node, "
+                        "whose disk holds them; on a cluster give --out a URI every node reaches (s3://…, "
+                        "or file:// on a shared filesystem)")
+    return {k: v for row in rows for k, v in row.items()}

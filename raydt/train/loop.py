@@ -22,26 +22,25 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from raydt import artifacts
+from raydt.artifacts import Artifact
 from raydt.config import ExperimentConfig, OptimConfig, to_dict, to_yaml
-from raydt.data.atari import game_from_env_id
-from raydt.data.dqn_replay import STACK, AtariTrajectories
+from raydt.data.dqn_replay import AtariTrajectories
 from raydt.data.sampler import Batch, FrameWindowSampler, WindowSampler
-from raydt.data.sources import load_dataset
-from raydt.data.tasks import task_from_env_id
-from raydt.data.text import TextSampler, parse_text_uri, split_tokens, tokenize_cached
-from raydt.data.trajectories import Trajectories
+from raydt.data.text import TextSampler, split_tokens, tokenize_cached
 from raydt.errors import ConfigError, EvalTimeout, RaydtError
 from raydt.eval.protocol import EvalTask, evaluate
 from raydt.fsutil import atomic_write_text
 from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
 from raydt.model.backbone import strip_prefixes
-from raydt.model.build import build_model
 from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
+from raydt.prepare import RunData, build_run_model, describe, needs, resolve_run_data, run_tokenizer
 from raydt.pretrain.cache import resolve_backbone
 from raydt.rundir import RunDir
 from raydt.seeding import seed_everything, stream_seed
@@ -70,6 +69,8 @@ class RunContext:
     """Human-readable progress lines (rank 0 only)."""
     node: str | None = None
     """Ray node id of this process, when it runs under Ray (recorded in run_info.json)."""
+    artifacts: list[Artifact] = field(default_factory=list)
+    """The prepared inputs this run reads (:mod:`raydt.prepare`), recorded in run_info.json."""
 
 
 def optimizer_options(device_type: str) -> dict[str, Any]:
@@ -183,68 +184,6 @@ def param_groups(model: nn.Module, decay: str, weight_decay: float) -> list[dict
             {"params": [p for p in trainable if id(p) not in matmul], "weight_decay": 0.0}]
 
 
-@dataclass
-class RunData:
-    """The dataset of a run and what follows from it."""
-
-    trajectories: Trajectories
-    env_id: str
-    """Evaluation environment: eval.env_id, else the one the dataset records."""
-    targets: tuple[float, ...]
-    """Evaluation targets: eval.target_returns, else the task's."""
-    max_timestep: int
-    """Size of the timestep table: the longest episode of data or environment."""
-
-
-def resolve_run_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> RunData:
-    """Load the dataset and settle the evaluation environment and targets, or fail clearly.
-
-    Also checks the objectives' inputs that are cheap to check (before any model is built).
-    """
-    check_objectives(cfg)
-    traj = load_dataset(cfg.data.dataset, log=log)
-    env_id = cfg.eval.env_id or traj.env_id or ""
-    if not env_id:
-        raise ConfigError(
-            f"the dataset {cfg.data.dataset} does not say which environment it came from; "
-            "set eval.env_id (for example Hopper-v4)"
-        )
-    task = task_from_env_id(env_id)
-    game = game_from_env_id(env_id)
-    if task is not None and not isinstance(traj, AtariTrajectories) and (traj.obs_dim, traj.act_dim) != (task.obs_dim, task.act_dim):
-        raise ConfigError(
-            f"data.dataset={cfg.data.dataset}: its observations have {traj.obs_dim} values and its actions "
-            f"{traj.act_dim}, but {env_id} (the evaluation environment) has {task.obs_dim} and {task.act_dim}; "
-            "set eval.env_id to the environment the data came from, or use that environment's dataset"
-        )
-    if isinstance(traj, AtariTrajectories) != (game is not None):
-        raise ConfigError(f"data.dataset={cfg.data.dataset} and the evaluation environment {env_id} do not "
-                          "match: Atari data evaluates on ALE/<Game>-v5 (set eval.env_id), MuJoCo data on MuJoCo")
-    if cfg.eval.target_returns:
-        targets = tuple(cfg.eval.target_returns)
-    elif task is not None:
-        targets = task.target_returns
-    elif game is not None:
-        targets = (game.target_return,)
-    else:
-        raise ConfigError(f"no default target returns for {env_id}; set eval.target_returns")
-    max_timestep = max(int(traj.timesteps.max()) + 1, task.max_episode_steps if task else 0)
-    return RunData(traj, env_id, targets, max_timestep)
-
-
-def check_objectives(cfg: ExperimentConfig) -> None:
-    """λ1 and λ2 need a language backbone (token embeddings, a tokenizer) and real text."""
-    loss = cfg.loss
-    if (loss.lambda1 or loss.lambda2) and cfg.model.backbone == "random" and cfg.model.replace_block is None:
-        raise ConfigError(
-            f"loss.lambda1={loss.lambda1}, loss.lambda2={loss.lambda2} need a language backbone "
-            "(its token embeddings and tokenizer), but model.backbone is 'random'; set model.backbone "
-            "to a pre-trained model (e.g. gpt2, a directory, or pretrain:SPEC.yaml) or set both to 0"
-        )
-    if loss.lambda2 or loss.track_text_loss:
-        parse_text_uri(loss.text)
-
-
 class Objective(nn.Module):
     """L = L_action + λ1·L_cos + λ2·L_LM in one forward, so DDP sees every parameter it updates.
 
@@ -322,9 +261,13 @@ class Trainer:
         quiet: Callable[[str], None] = ctx.log if ctx.rank == 0 else (lambda _: None)
         data = resolve_run_data(cfg, log=quiet)
         self.env_id, self.targets = data.env_id, tuple(data.targets)
-        self.backbone_source = resolve_backbone(cfg.model.backbone, cfg.model, log=quiet)
+        self.needs = needs(cfg)
+        """kind → what this run reads of each prepared input (:func:`raydt.prepare.needs`)."""
+        pulled = artifacts.lookup("backbone", self.needs.get("backbone", ""))
+        self.backbone_source = str(pulled) if pulled is not None else resolve_backbone(cfg.model.backbone, cfg.model, log=quiet)
         self._build_model(data, quiet)
         self._build_objectives(quiet)
+        self._share_constants()
         self.model.to(ctx.device)
         self.objective.to(ctx.device)
         self.module = self._wrap(text_in_use=cfg.loss.lambda2 > 0)
@@ -352,16 +295,8 @@ class Trainer:
                         self.config.data.reward_scale, self.config.eval.max_steps)
 
     def _build_model(self, data: RunData, log: Callable[[str], None]) -> None:
-        cfg = self.config
-        traj = data.trajectories
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
-        seed_everything(cfg.train.seed)
-        atari = isinstance(traj, AtariTrajectories)
-        self.model, report = build_model(
-            cfg.model, 0 if atari else traj.obs_dim, traj.num_actions if atari else traj.act_dim,
-            cfg.data.context_length, data.max_timestep, log=log,
-            discrete_actions=atari, frame_stack=STACK if atari else 0, source=self.backbone_source,
-        )
+        self.model, report = build_run_model(self.config, data, self.backbone_source, log=log)
         log(report.summary())
 
     def _build_sampler(self, traj) -> WindowSampler | FrameWindowSampler:
@@ -424,20 +359,10 @@ class Trainer:
         self.objective.exact_losses = self.ctx.device.type == "cuda"
         if not (loss.lambda2 > 0 or loss.track_text_loss):
             return
-        from transformers import AutoTokenizer
-
-        source = self.backbone_source
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(
-                f"loss.lambda2 / loss.track_text_loss: model.backbone={cfg.model.backbone!r} has no "
-                f"usable tokenizer ({exc.__class__.__name__}); co-training needs a language model"
-            ) from None
-        if len(tokenizer) > backbone.token_embeddings.num_embeddings:
-            raise ConfigError(f"the tokenizer of {source} ({len(tokenizer)} tokens) does not match its "
-                              f"embedding table ({backbone.token_embeddings.num_embeddings} rows)")
-        train_ids, held_ids = split_tokens(tokenize_cached(loss.text, tokenizer, log=log))
+        tokenizer = run_tokenizer(cfg, self.backbone_source, backbone.token_embeddings.num_embeddings)
+        pulled = artifacts.lookup("text", self.needs["text"])
+        ids = np.load(pulled) if pulled is not None else tokenize_cached(loss.text, tokenizer, log=log)
+        train_ids, held_ids = split_tokens(ids)
         block = loss.lm_block_size
         limit = backbone.max_text_length()
         if limit is not None and block > limit:
@@ -451,6 +376,17 @@ class Trainer:
                 backbone.token_embeddings.weight.requires_grad_(True)  # the tied head learns too
         held = TextSampler(held_ids, min(block, len(held_ids) - 2), device=self.ctx.device)
         self.held_text = held.fixed_blocks(32)
+
+    def _share_constants(self) -> None:
+        """Rank 0's λ1 centres and text positions on every rank, once. They are buffers, which
+        DDP does not re-broadcast here (``broadcast_buffers=False``): built on different
+        nodes they could differ in the last bits, and then ranks would optimise different
+        objectives."""
+        if self.ctx.world_size == 1 or not dist.is_initialized():
+            return
+        for tensor in (self.objective.centers, getattr(self.model.backbone, "text_positions", None)):
+            if tensor is not None:
+                dist.broadcast(tensor, src=0)
 
     def lambdas(self) -> tuple[float, float]:
         """(λ1, λ2) in force at the current step."""
@@ -520,6 +456,8 @@ class Trainer:
             "raydt": __version__,
             "python": platform.python_version(),
             "resumed_at_step": self.step,
+            # What the run read, by content: every trial of a sweep names the same bytes.
+            "artifacts": describe(self.ctx.artifacts),
         }
 
     def rank_state(self) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raydt.artifacts import Prepared
 from raydt.config import ExperimentConfig, config_from_dict, to_dict
 from raydt.errors import EvalTimeout, RaydtError, RunFailed
 from raydt.rundir import CHECKPOINTS, LAST, RAY_TRAIN, RunDir, last_checkpoint_uri
 
 
-def worker_context(mirror=None):
+def worker_context(mirror=None, artifacts=()):
     """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker; with a
     :class:`~raydt.storage.Mirror`, rank 0 uploads the run directory after each checkpoint."""
     import ray
@@ -45,6 +46,7 @@ def worker_context(mirror=None):
         report=report,
         log=print if rank == 0 else (lambda _: None),
         node=ray.get_runtime_context().get_node_id(),
+        artifacts=list(artifacts),
     )
 
 
@@ -89,9 +91,22 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         # One decision, rank 0's: with a run directory local to each node, nodes could
         # otherwise see different files and start from different states.
         resume = agree_with_rank0(RunDir(run_dir).last.is_file())
-    Trainer(config, run_dir, worker_context(mirror if rank == 0 else None)).fit(resume=resume)
+    used = _pull_prepared(config, Prepared.from_dict(payload.get("prepared")), rank)
+    Trainer(config, run_dir, worker_context(mirror if rank == 0 else None, used)).fit(resume=resume)
     if mirror is not None and rank == 0:
         mirror.sync_up()  # timing.json, the last rows and events
+
+
+def _pull_prepared(config: ExperimentConfig, prepared: Prepared, rank: int) -> list:
+    """The driver's prepared inputs this run reads, pulled into this node's caches first when
+    they are in a store (then nothing missing is built here: it fails, naming it)."""
+    from raydt import artifacts
+    from raydt.prepare import artifacts_of
+
+    used = artifacts_of(config, prepared.artifacts)
+    if prepared.store is not None:
+        artifacts.activate(used, artifacts.Store(prepared.store), log=print if rank == 0 else (lambda _: None))
+    return used
 
 
 def interface_of(ip: str) -> str | None:
@@ -141,7 +156,8 @@ def scaling_config(config: ExperimentConfig):
     )
 
 
-def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str, callbacks: list | None = None):
+def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str, callbacks: list | None = None,
+                 prepared: Prepared | None = None):
     """A ``TorchTrainer`` running ``config`` into ``run_dir``, a local directory or a URI
     (staged on the rank-0 node and uploaded); Ray's own files go under ``storage_path/name``."""
     from ray.train import FailureConfig
@@ -154,7 +170,8 @@ def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, stora
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_dir": None if is_uri(run_dir) else str(run_dir),
-                           "storage": str(run_dir) if is_uri(run_dir) else None, "offline": is_offline()},
+                           "storage": str(run_dir) if is_uri(run_dir) else None, "offline": is_offline(),
+                           "prepared": (prepared or Prepared()).to_dict()},
         scaling_config=scaling_config(config),
         run_config=RayRunConfig(
             name=name,
@@ -190,7 +207,8 @@ def _first_line(error: Exception) -> str:
 
 
 def fit_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str,
-                callbacks: list | None = None, log: Callable[[str], None] = print) -> Any:
+                callbacks: list | None = None, log: Callable[[str], None] = print,
+                prepared: Prepared | None = None) -> Any:
     """Run :func:`make_trainer` to the end. A worker group that fails for a reason raydt
     names (:class:`RaydtError`) fails at once with that message; any other failure (a dead
     worker process, a lost node) restarts the group from the run's last checkpoint, up to
@@ -201,7 +219,7 @@ def fit_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storag
     attempt = 0
     while True:
         try:
-            return make_trainer(config, run_dir, name, storage_path, callbacks).fit()
+            return make_trainer(config, run_dir, name, storage_path, callbacks, prepared).fit()
         except WorkerGroupError as exc:
             error = permanent_failure(exc)
             if error is not None:
@@ -235,17 +253,17 @@ def connect(address: str | None = None) -> None:
     ray.init(address=address, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}})
 
 
-def run_with_ray(config: ExperimentConfig, run_dir: Path, address: str | None = None) -> dict[str, Any]:
-    """Run ``config`` through a ``TorchTrainer``; returns the latest value of every metric."""
+def run_with_ray(config: ExperimentConfig, run_dir: Path | str, address: str | None = None,
+                 prepared: Prepared | None = None) -> None:
+    """Run ``config`` through a ``TorchTrainer`` into ``run_dir`` (a local directory, or a
+    URI that rank 0 mirrors to)."""
     from raydt.resources import trial_capacity
+    from raydt.storage import is_uri
 
     connect(address)
     trial_capacity(config.resources, cluster_shape(), "resources")  # fail now rather than wait forever
-    run_dir = run_dir.resolve()
-    fit_trainer(config, run_dir, RAY_TRAIN, str(run_dir))
-    # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
-    rows = RunDir(run_dir).read_metrics()
-    return {k: v for row in rows for k, v in row.items()}  # the latest value of every metric
+    where = str(run_dir) if is_uri(run_dir) else str(Path(run_dir).resolve())
+    fit_trainer(config, where, RAY_TRAIN, where, prepared=prepared)
 
 
 # --------------------------------------------------------------------------------------

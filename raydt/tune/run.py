@@ -9,6 +9,7 @@ the cluster's resources (otherwise trials wait forever for resources they can ne
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -103,7 +104,8 @@ def plan_sweep(spec: SweepSpec, cluster: ClusterShape | list[dict[str, float]]) 
 # Trials
 
 
-def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) -> None:
+def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str,
+              prepared: dict[str, Any] | None = None) -> None:
     """The Tune function trainable: build this trial's config and train it on Ray Train.
 
     The run directory is the trial's folder in the sweep's storage, not Tune's local staging
@@ -115,6 +117,7 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from raydt.artifacts import Prepared
     from raydt.config import RawSpec, apply_overrides
     from raydt.train.worker import fit_trainer
 
@@ -123,7 +126,8 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str) 
     context = tune.get_context()
     name = f"trial_{context.get_trial_id().rsplit('_', 1)[-1]}"  # as _trial_name names its folder
     run_dir = storage.join(sweep_dir, name)  # a local path or a URI
-    fit_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()])
+    fit_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()],
+                prepared=Prepared.from_dict(prepared))
     # The trial's wall time around its run's own timing.json.
     storage.write_text(storage.join(run_dir, TRIAL_TIMING),
                        json.dumps({"started": started, "finished": time.time()}, indent=1))
@@ -304,19 +308,15 @@ def run_sweep(
     plan = plan_sweep(spec, cluster_shape())
     if dry_run:
         return plan
-    # Datasets are made (or found) once here, before any trial starts.
-    from raydt.train.loop import resolve_run_data
+    # Datasets, pre-trained backbones, λ1 centres and tokenised text: built once here, before
+    # any trial starts, and published where every node pulls them from (the sweep's URI
+    # storage, or $RAYDT_ARTIFACTS), so every trial starts from the same bytes.
+    from raydt.artifacts import Prepared, store_for
+    from raydt.prepare import prepare_runs
 
-    datasets = {c.data.dataset: c for c in (spec.trial_config(p) for p in spec.grid() or [{}])}
-    for config in datasets.values():
-        resolve_run_data(config, log=log)
-    # So are backbones pre-trained by raydt (pretrain:SPEC), whichever trial names them.
-    from raydt.pretrain import PRETRAIN_SCHEME, resolve_backbone
-
-    models = {c.model for c in (spec.trial_config(p) for p in spec.grid() or [{}])}
-    for model in sorted(models, key=repr):
-        if model.backbone.startswith(PRETRAIN_SCHEME):
-            resolve_backbone(model.backbone, model, log=log)
+    store = store_for(storage_path)
+    artifacts = prepare_runs(preparation_configs(spec), store, log=log)
+    prepared = Prepared(tuple(artifacts), store.location if store else None)
     for line in plan.lines():
         log(line)
     storage.write_text(sweep_file, yaml.safe_dump({
@@ -326,17 +326,40 @@ def run_sweep(
         "plan": {"num_trials": plan.num_trials, "concurrency": plan.concurrency},
         "report": dict(spec.report),
     }, sort_keys=False))
-    return _fit(spec, storage_path, sweep_dir, plan, resume, log)
+    return _fit(spec, storage_path, sweep_dir, plan, resume, log, prepared)
 
 
-def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume: bool, log) -> SweepOutcome:
+def preparation_configs(spec: SweepSpec) -> list[ExperimentConfig]:
+    """Configs that cover every prepared input a trial can need: each point of the grid and
+    choice values, with each continuous dimension at both ends of its range (so λ1 or λ2
+    searched from 0 up prepares their centres and text)."""
+    # Only keys that can change what a run reads (not optim.lr, say): 2^n ends each.
+    continuous = [d for d in spec.dimensions if d.kind in ("uniform", "loguniform", "randint")
+                  and (d.key.startswith(("data.", "model.", "loss.")) or d.key == "train.seed")]
+    for dim in continuous:
+        if dim.key in PREPARED_BY_VALUE:
+            raise ConfigError(f"{spec.path}: search {dim.key} with grid or choice values, not {dim.kind}: each value "
+                              f"needs its own {PREPARED_BY_VALUE[dim.key]}, prepared before the trials start")
+    ends = [(d.values[0], d.values[1] - 1 if d.kind == "randint" else d.values[1]) for d in continuous]
+    return [spec.trial_config({**point, **dict(zip([d.key for d in continuous], combo))})
+            for point in spec.discrete_points() for combo in itertools.product(*ends)]
+
+
+PREPARED_BY_VALUE = {"loss.kmeans_clusters": "k-means centres", "model.n_embd": "pre-trained backbone",
+                     "model.n_layer": "pre-trained backbone", "model.n_head": "pre-trained backbone"}
+"""Keys whose every value needs an artifact of its own."""
+
+
+def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume: bool, log,
+         prepared) -> SweepOutcome:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     base = spec.base_config()
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, run_spec={"values": spec.run.values, "origins": spec.run.origins}, sweep_dir=sweep_dir
+            run_trial, run_spec={"values": spec.run.values, "origins": spec.run.origins}, sweep_dir=sweep_dir,
+            prepared=prepared.to_dict(),
         ),
         # The trial function only waits on its trainer, whose workers hold the CPUs and GPUs;
         # Ray refuses an empty request, so it asks for a token amount of memory.

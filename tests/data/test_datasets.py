@@ -327,7 +327,7 @@ def test_non_finite_values_are_refused_at_load_naming_file_array_and_index(tmp_p
 def test_a_dataset_that_does_not_fit_the_evaluation_environment_is_refused_before_training(tmp_path):
     from raydt.config import load_config
     from raydt.errors import ConfigError
-    from raydt.train.loop import resolve_run_data
+    from raydt.prepare import resolve_run_data
 
     path = _d4rl_file(tmp_path / "cheetah_shaped.hdf5", obs=17, act=6)
     cfg = load_config(RUN_SPEC,

@@ -77,8 +77,9 @@ def test_a_gpu_sampler_state_resumes_on_a_cpu_generator():
 def test_a_trainer_resumes_a_checkpoint_written_on_a_gpu(tmp_path):
     fit(tiny_config("train.steps=4"), tmp_path, quiet())
     payload = load_checkpoint(tmp_path)
-    payload["sampler_rng"] = torch.zeros(16, dtype=torch.uint8)  # as a CUDA sampler saved it
-    payload["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    own = payload["rank_states"][0]  # rank 0's streams, as a CUDA worker saved them
+    own["sampler_rng"] = torch.zeros(16, dtype=torch.uint8)
+    own["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
     trainer = Trainer(tiny_config("train.steps=8"), tmp_path, quiet())
     notes = trainer.restore(payload)
     assert trainer.step == 4

@@ -267,9 +267,9 @@ class Trainer:
         self.backbone_source = str(pulled) if pulled is not None else resolve_backbone(cfg.model.backbone, cfg.model, log=quiet)
         self._build_model(data, quiet)
         self._build_objectives(quiet)
-        self._share_constants()
         self.model.to(ctx.device)
         self.objective.to(ctx.device)
+        self._share_constants()  # on the device: NCCL carries only CUDA tensors
         self.module = self._wrap(text_in_use=cfg.loss.lambda2 > 0)
         """The objective as stepped: ``objective`` itself, or its DDP wrapper."""
         # Ranks other than 0 wait for rank 0's evaluation in a collective. On the default

@@ -32,13 +32,18 @@ def _rank(rank: int, init: str, run_dir: str, out: str, data_dir: str) -> None:
         batch = Batch(**random_batch(b=2, k=5, obs_dim=obs, act_dim=act, seed=7))
         with torch.no_grad():
             pred = trainer.objective(batch, None, 0.0, 0.0)["action"]
+        # Rank 0's constants (λ1 centres, text positions) reach every rank.
+        trainer.objective.centers = torch.full((3, 4), float(rank + 1))
+        trainer._share_constants()
+        centers = trainer.objective.centers.tolist()
+        trainer.objective.centers = None
         trainer.fit()
         after_fit = torch.rand(6).tolist()  # the streams as the last checkpoint holds them
         resumed = Trainer(tiny_config(*TWO_RANKS), Path(run_dir), ctx)
         resumed.fit(resume=True)  # at the last step already: restores, and stops
         after_resume = torch.rand(6).tolist()
         Path(out, f"rank{rank}.json").write_text(json.dumps(
-            {"loss": float(pred), "after_fit": after_fit, "after_resume": after_resume}))
+            {"loss": float(pred), "after_fit": after_fit, "after_resume": after_resume, "centers": centers}))
     finally:
         dist.destroy_process_group()
 
@@ -50,6 +55,7 @@ def test_each_rank_draws_its_own_dropout_masks_and_resumes_its_own_streams(tmp_p
     r0, r1 = (json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["loss"] != r1["loss"]  # equal weights, equal batch: different dropout masks
     assert r0["after_fit"] != r1["after_fit"]
+    assert r0["centers"] == r1["centers"] == [[1.0] * 4] * 3
     # Each rank continues exactly the stream it left, not rank 0's.
     assert r0["after_resume"] == r0["after_fit"]
     assert r1["after_resume"] == r1["after_fit"]

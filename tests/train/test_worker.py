@@ -83,13 +83,14 @@ def test_permanent_failures_are_raydt_errors_and_one_line():
 
 @pytest.mark.ray
 def test_killed_worker_restarts_from_the_last_checkpoint(local_ray, tmp_path):
+    from raydt.train.driver import results_of
     from raydt.train.worker import run_with_ray
 
     steps, every = 600, 60
     config = tiny_config("resources.num_workers=2", f"train.steps={steps}", f"train.eval_every={every}",
                          "train.log_every=20", "resources.max_failures=2")
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(run_with_ray(config, tmp_path)))
+    runner = threading.Thread(target=lambda: run_with_ray(config, tmp_path) or result.update(results_of(tmp_path)))
     runner.start()
     # Once two evaluations are logged (a checkpoint exists), kill one DDP worker outright.
     wait_for(lambda: (tmp_path / "metrics.jsonl").exists() and len(eval_steps(tmp_path)) >= 2)

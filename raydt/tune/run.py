@@ -38,7 +38,7 @@ from raydt.resources import (
     trial_capacity,
 )
 from raydt.rundir import SWEEP_SPEC, TIMING, TRIAL_TIMING, TRIALS
-from raydt.tune.spec import SweepSpec
+from raydt.tune.spec import DATASET_KEY, SEED_KEY, SweepSpec
 
 """What a sweep directory records about its spec: searched keys, tune settings, plan."""
 
@@ -154,8 +154,14 @@ def _trial_name(trial) -> str:
 
 
 def _param_space(spec: SweepSpec) -> dict[str, Any]:
+    """Tune's search space of a grid sweep: the spec's dimensions, then the replicates
+    (datasets, then seeds) as grid dimensions of their own, so that a spec with
+    ``tune.replicates`` runs the trials the same spec with those grids spelled out runs.
+    An Optuna sweep's space belongs to its searcher (:mod:`raydt.tune.replicates`)."""
     from ray import tune
 
+    if spec.tune.searcher == "optuna":
+        return {}
     space: dict[str, Any] = {}
     for dim in spec.dimensions:
         lo, hi = (dim.values + (None, None))[:2]
@@ -169,19 +175,22 @@ def _param_space(spec: SweepSpec) -> dict[str, Any]:
             space[dim.key] = tune.loguniform(lo, hi)
         else:
             space[dim.key] = tune.randint(int(lo), int(hi))
+    rep = spec.tune.replicates
+    if spec.replicated:
+        if rep.datasets is not None:
+            space[DATASET_KEY] = tune.grid_search(list(rep.datasets))
+        space[SEED_KEY] = tune.grid_search(list(range(rep.seeds)))
     return space
 
 
-def _search_alg(spec: SweepSpec, concurrency: int):
+def _search_alg(spec: SweepSpec, concurrency: int, sweep_dir: str):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if spec.tune.searcher == "grid":
         return BasicVariantGenerator(max_concurrent=concurrency, random_state=spec.tune.seed)
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
+    from raydt.tune.replicates import make_searcher
 
-    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.tune.seed))
-    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+    return ConcurrencyLimiter(make_searcher(spec, sweep_dir), max_concurrent=concurrency)
 
 
 def _scheduler(spec: SweepSpec, config: ExperimentConfig):
@@ -375,9 +384,10 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
             tune_config=tune.TuneConfig(
                 metric=spec.tune.metric,
                 mode=spec.tune.mode,
-                search_alg=_search_alg(spec, plan.concurrency),
+                search_alg=_search_alg(spec, plan.concurrency, sweep_dir),
                 scheduler=_scheduler(spec, base),
-                num_samples=spec.tune.num_samples,
+                # grid: repeats of the whole grid; optuna: trials = points × replicates.
+                num_samples=spec.tune.num_samples if spec.tune.searcher == "grid" else spec.num_trials,
                 max_concurrent_trials=plan.concurrency,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,

@@ -52,6 +52,24 @@ class Dimension:
     """grid/choice: the values; uniform/loguniform/randint: (low, high)."""
 
 
+SEED_KEY = "train.seed"
+DATASET_KEY = "data.dataset"
+
+
+@dataclass(frozen=True)
+class ReplicatesConfig:
+    """Each search point run as seeds × datasets replicates; the searcher sees one value per point."""
+
+    seeds: int = positive(1)
+    """Seeds per point and dataset: train.seed = 0 … seeds − 1 (a seed is a replicate, never searched)."""
+    datasets: tuple[str, ...] | None = None
+    """Datasets every point runs on (one setting for all tasks, as Reid et al.); null: the run's data.dataset."""
+    aggregate: Literal["mean", "iqm"] = "mean"
+    """How a point's replicate scores become its one value: their mean, or interquartile mean."""
+    score: Literal["final", "best", "auc"] = "final"
+    """A replicate's score from its tune.metric curve: the last evaluation, the best one (the papers' early stopping; biased up by noise), or the mean over evaluations (area under the curve per evaluation)."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How a sweep searches and schedules its trials."""
@@ -82,6 +100,10 @@ class SearchConfig:
     """Stop a trial this many evaluations after its convergence point so far (see raydt.convergence); 0 = off."""
     converged_threshold: float = nonnegative(2.0)
     """Distance to the best (metric units) within which an evaluation counts as converged."""
+    replicates: ReplicatesConfig = ReplicatesConfig()
+    """Seeds and datasets each search point runs on (tune.replicates.seeds, .datasets, .aggregate, .score)."""
+    study_storage: str | None = None
+    """optuna: where the study lives; null: a journal file in the sweep directory; or an RDB URL (postgresql://…, sqlite:///…) for studies shared by several drivers."""
 
 
 @dataclass(frozen=True)
@@ -108,28 +130,56 @@ class SweepSpec:
     def base_config(self) -> ExperimentConfig:
         return build(ExperimentConfig, self.run.values, self.run.origins)
 
-    def grid(self) -> list[dict[str, Any]]:
+    def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid dimensions (one empty point when there are none)."""
         grid = [d for d in self.dimensions if d.kind == "grid"]
         return [dict(zip([d.key for d in grid], combo)) for combo in itertools.product(*[d.values for d in grid])]
 
+    def grid(self) -> list[dict[str, Any]]:
+        """Every grid point with each of its replicates: the trials of one grid repeat."""
+        return [{**p, **r} for p in self.grid_points() for r in self.replicate_values()]
+
     def discrete_points(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Every combination of the values of its grid and choice dimensions (at most
-        ``limit``): what a pre-flight check must cover (continuous ranges cannot name files)."""
+        """Every combination of the values of its grid and choice dimensions and replicates
+        (at most ``limit``): what a pre-flight check must cover (continuous ranges cannot
+        name files)."""
         dims = [d for d in self.dimensions if d.kind in ("grid", "choice")]
-        combos = itertools.islice(itertools.product(*[d.values for d in dims]), limit)
-        return [dict(zip([d.key for d in dims], combo)) for combo in combos] or [{}]
+        combos = itertools.islice(itertools.product(*[d.values for d in dims], self.replicate_values()), limit)
+        return [{**dict(zip([d.key for d in dims], combo[:-1])), **combo[-1]} for combo in combos] or [{}]
 
     @property
-    def num_trials(self) -> int:
+    def replicated(self) -> bool:
+        """Whether the spec runs each point as several replicates (tune.replicates)."""
+        rep = self.tune.replicates
+        return rep.seeds > 1 or rep.datasets is not None
+
+    def replicate_values(self) -> list[dict[str, Any]]:
+        """The replicate keys of one point, in order: every dataset, every seed within it
+        (nothing when the spec names no replicates)."""
+        rep = self.tune.replicates
+        if not self.replicated:
+            return [{}]
+        datasets = [{DATASET_KEY: d} for d in rep.datasets] if rep.datasets is not None else [{}]
+        return [{**d, SEED_KEY: s} for d in datasets for s in range(rep.seeds)]
+
+    @property
+    def num_points(self) -> int:
+        """Search points: grid combinations × repeats, or Optuna's samples."""
         if self.tune.searcher == "grid":
-            return len(self.grid()) * self.tune.num_samples
+            return len(self.grid_points()) * self.tune.num_samples
         return self.tune.num_samples
 
     @property
+    def num_trials(self) -> int:
+        """Trials = points × replicates (each replicate is a trial of its own)."""
+        return self.num_points * len(self.replicate_values())
+
+    @property
     def searched_keys(self) -> list[str]:
-        """The keys that vary between trials, seed included."""
-        return [d.key for d in self.dimensions]
+        """The keys that vary between trials, replicate keys (seed, dataset) included."""
+        keys = [d.key for d in self.dimensions]
+        replicate = self.replicate_values()[0]
+        return keys + [k for k in (DATASET_KEY, SEED_KEY) if k in replicate and k not in keys]
 
 
 def _dimension(path: Path, key: str, entry: Any, origins: Mapping[str, str]) -> Dimension:
@@ -184,11 +234,43 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
 
     Layout.from_spec(report, f"{path}: report")  # checked now, used by `raydt report --table`
     spec = SweepSpec(path, run, dimensions, tune, dict(report))
+    _check_replicates(spec)
     spec.base_config()  # the run part alone must be valid
+    for replicate in spec.replicate_values():
+        spec.trial_config(replicate)
     for dim in dimensions:  # so must every value the search can produce
         for value in _probe_values(dim):
             spec.trial_config({dim.key: value})
     return spec
+
+
+def _check_replicates(spec: SweepSpec) -> None:
+    """Seeds are replicates, never searched; a dataset is either searched or a replicate."""
+    where = f"{spec.path}: search"
+    for dim in spec.dimensions:
+        if dim.key == SEED_KEY and (spec.tune.searcher != "grid" or dim.kind != "grid"):
+            raise ConfigError(
+                f"{where}.{SEED_KEY}: a seed is a replicate, not a hyper-parameter (a searcher would model "
+                f"seed noise as an effect); remove it from search: and set tune.replicates.seeds "
+                "(each point then runs on that many seeds and the searcher sees their aggregate)")
+        if dim.key == SEED_KEY and spec.replicated:
+            raise ConfigError(f"{where}.{SEED_KEY}: seeds come from tune.replicates.seeds; remove it from search:")
+        if dim.key == DATASET_KEY and spec.tune.replicates.datasets is not None:
+            raise ConfigError(f"{where}.{DATASET_KEY}: the datasets come from tune.replicates.datasets; "
+                              "remove it from search: (or drop tune.replicates.datasets to search over it)")
+    if spec.tune.replicates.datasets is not None:
+        from raydt.data.sources import split_uri
+        from raydt.errors import DataError
+
+        if not spec.tune.replicates.datasets:
+            raise ConfigError(f"{spec.path}: tune.replicates.datasets is empty; list datasets, or null for data.dataset")
+        for uri in spec.tune.replicates.datasets:
+            try:
+                split_uri(uri)
+            except DataError as exc:
+                raise ConfigError(f"{spec.path}: tune.replicates.datasets: {exc}") from None
+    if spec.tune.study_storage is not None and spec.tune.searcher != "optuna":
+        raise ConfigError(f"{spec.path}: tune.study_storage is the Optuna study's storage; it needs tune.searcher: optuna")
 
 
 def _flatten_search(search: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -166,7 +166,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         dry_run=args.dry_run, log=_log, cluster_file=args.cluster)
     if isinstance(outcome, Plan):
         print("\n".join([f"sweep {spec.name} ({spec.path})", *filter(None, outcome.lines())]))
-        for i, point in enumerate(p for p in spec.grid()[:20] if p):
+        if spec.replicated:
+            print(f"search points: {spec.num_points} ({spec.tune.searcher}), each run as "
+                  f"{len(spec.replicate_values())} replicate(s); the searcher sees the {spec.tune.replicates.aggregate} "
+                  f"of their {spec.tune.replicates.score} {spec.tune.metric}")
+            for i, replicate in enumerate(spec.replicate_values()):
+                print(f"  replicate {i}: " + ", ".join(f"{k}={v}" for k, v in replicate.items()))
+        points = spec.grid_points() if spec.tune.searcher == "grid" else []
+        for i, point in enumerate(p for p in points[:20] if p):
             print(f"  grid point {i}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
         return 0
     from raydt.report import format_table, summarize
@@ -184,7 +191,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for trial in errored:
         print(f"  {trial['trial']}: {trial['error']}")
     if "://" not in outcome.sweep_dir:
-        print(format_table(*summarize(Path(outcome.sweep_dir))))
+        from raydt.points import format_points, point_rows, replicated_settings
+
+        settings = replicated_settings(Path(outcome.sweep_dir))
+        if settings is not None:
+            print(format_points(settings, point_rows(Path(outcome.sweep_dir), settings)))
+        else:
+            print(format_table(*summarize(Path(outcome.sweep_dir))))
     if errored:
         print(f"error: {len(errored)} of {len(outcome.trials)} trial(s) failed (above; full logs in each "
               "trial's directory)", file=sys.stderr)
@@ -206,14 +219,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from raydt.points import (
+        format_points,
+        point_rows,
+        points_csv,
+        replicated_settings,
+        search_progress_figure,
+    )
     from raydt.report import format_csv, format_table, summarize
 
     root = local_view(args.sweep_dir)
+    settings = replicated_settings(root)
+    if args.search_plot and settings is None:
+        raise RaydtError(f"--search-plot: {args.sweep_dir} is not a replicated search (tune.replicates or an "
+                         "Optuna searcher); it has no search points to plot")
     if args.table:
         from raydt.tables import paper_table
 
         print(paper_table(args.table, root, fmt=args.format, cells=args.cells, which=args.score, by=args.by,
                           reps=args.reps))
+    elif settings is not None and not args.by:
+        # A replicated search: one row per point, as its searcher saw it.
+        points = point_rows(root, settings, reps=args.reps)
+        print(points_csv(settings, points) if args.csv else format_points(settings, points), end="" if args.csv else "\n")
+        if args.search_plot:
+            print(f"search progress: {search_progress_figure(settings, points, Path(args.search_plot))}")
     else:
         keys, rows = summarize(root, by=args.by)
         print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
@@ -472,6 +502,8 @@ def _add_report(sub) -> None:
                         help="probability that group A improves on group B (labels as --intervals prints them)")
     report.add_argument("--profile", default=None, metavar="OUT.png", help="draw performance profiles (with CIs)")
     report.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
+    report.add_argument("--search-plot", default=None, metavar="OUT.png",
+                        help="a replicated search: draw the best point so far against trials and training hours")
     report.add_argument("--tensorboard", action="store_true",
                         help="(re)write SWEEP/groups/: one TensorBoard run per group, seed mean and min-max "
                              "(a sweep writes them when it ends)")

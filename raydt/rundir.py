@@ -47,6 +47,7 @@ TRIALS = "trials.json"
 GROUPS = "groups"
 
 SEED_KEY = "train.seed"
+DATASET_KEY = "data.dataset"
 METRIC = "eval/normalized_score"
 """The metric reports and convergence read by default."""
 
@@ -183,9 +184,11 @@ class SweepDir:
 
     def searched_keys(self) -> list[str]:
         """The keys the sweep searched (from ``sweep.yaml``); [] for a plain folder of runs."""
-        if self.spec.is_file():
-            return list((yaml.safe_load(self.spec.read_text()) or {}).get("searched_keys", []))
-        return []
+        return list(self.read_spec().get("searched_keys", []))
+
+    def read_spec(self) -> dict[str, Any]:
+        """What ``sweep.yaml`` records ({} for a plain folder of runs)."""
+        return (yaml.safe_load(self.spec.read_text()) or {}) if self.spec.is_file() else {}
 
 
 @dataclass

@@ -559,6 +559,8 @@ class Trainer:
         lead = ctx.rank == 0
         if resume:
             self._resume()
+            if self.step >= cfg.train.steps:
+                self._report_finished()
         sink = self._open_sink(resume) if lead else Sink()
         last: dict[str, float] = {}
         window = MetricWindow()
@@ -627,6 +629,18 @@ class Trainer:
             ctx.log(f"resumed from {path} at step {self.step}")
             for note in notes:
                 ctx.log(f"note: {note}")
+
+    def _report_finished(self) -> None:
+        """A run resumed at its last step has nothing left to train; its last evaluation goes
+        to the reporter once more. (A sweep whose driver was lost after the run ended but
+        before Tune recorded it restarts the trial, and Tune needs a result from it.)"""
+        if self.ctx.report is None:
+            return
+        metrics: dict[str, float] = {}
+        if self.ctx.rank == 0:
+            evaluated = [r for r in self.files.read_metrics() if any(k.startswith("eval/") for k in r)]
+            metrics = {k: v for k, v in (evaluated[-1] if evaluated else {}).items() if k != "step"}
+        self.ctx.report(self.step, metrics, None)
 
     def _open_sink(self, resume: bool) -> Sink:
         """Rank 0 writes the config, the run's facts and the metric files (truncated to the

@@ -22,148 +22,17 @@ running continue and are told when they end.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
+from raydt.replicates import Point, Replicates
 from raydt.tune.spec import SweepSpec
 
 STUDY_JOURNAL = "optuna_study.journal"
 """The study's journal file in the sweep directory (``optuna-dashboard`` opens it)."""
-
-
-def replicate_score(values: Sequence[float], score: str, mode: str = "max") -> float:
-    """One replicate's score from its evaluations of the metric, in order: the last
-    (``final``), the best (``best``, by ``mode``) or their mean (``auc``: the area under the
-    curve per evaluation)."""
-    if not len(values):
-        raise ValueError("a replicate with no evaluation has no score")
-    if score == "final":
-        return float(values[-1])
-    if score == "best":
-        return float(max(values) if mode == "max" else min(values))
-    return float(np.mean(values))
-
-
-def aggregate(scores: Sequence[float], how: str) -> float:
-    """A point's value from its replicates' scores: the mean, or the interquartile mean
-    (the mean of the middle half, rliable's IQM; with fewer than 4 scores it trims the
-    fraction of a score that falls outside the middle half, as scipy's trim_mean does not)."""
-    x = np.sort(np.asarray(scores, dtype=float))
-    if how == "mean" or len(x) == 1:
-        return float(x.mean())
-    # IQM as the mean over the middle 50% of the empirical distribution, weighting the two
-    # boundary samples by the part of them inside it: exact for any n.
-    n = len(x)
-    lo, hi = n / 4, 3 * n / 4
-    weights = np.clip(np.minimum(np.arange(1, n + 1), hi) - np.maximum(np.arange(n), lo), 0, None)
-    return float((weights * x).sum() / weights.sum())
-
-
-def bootstrap_interval(scores: Sequence[float], how: str, reps: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of :func:`aggregate` over a point's replicates."""
-    x = np.asarray(scores, dtype=float)
-    if len(x) < 2:
-        return float(x.mean()), float(x.mean())
-    rng = np.random.default_rng(seed)
-    stats = [aggregate(x[rng.integers(0, len(x), len(x))], how) for _ in range(reps)]
-    alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
-
-
-# --------------------------------------------------------------------------------------
-# The bookkeeping of points and their replicates (no Ray, no Optuna)
-
-
-@dataclass
-class Point:
-    """One search point: Optuna's trial ``number``, its parameters and its replicates."""
-
-    number: int
-    params: dict[str, Any]
-    replicates: list[dict[str, Any]]
-    """The replicate keys (seed, dataset) of each replicate, in order."""
-    assigned: dict[str, int] = field(default_factory=dict)
-    """Tune trial id → replicate index."""
-    curves: dict[str, list[float]] = field(default_factory=dict)
-    """Tune trial id → its evaluations of the metric so far."""
-    ended: dict[str, float | None] = field(default_factory=dict)
-    """Tune trial id → its score, or None when it failed."""
-    told: bool = False
-
-    @property
-    def open(self) -> bool:
-        return len(self.assigned) < len(self.replicates)
-
-    @property
-    def done(self) -> bool:
-        return len(self.ended) == len(self.replicates)
-
-
-@dataclass
-class Replicates:
-    """Which Tune trial runs which replicate of which point, and when a point is done."""
-
-    replicates: list[dict[str, Any]]
-    score: str = "final"
-    how: str = "mean"
-    mode: str = "max"
-    metric: str = "eval/normalized_score"
-    points: list[Point] = field(default_factory=list)
-    trial_point: dict[str, int] = field(default_factory=dict)
-    """Tune trial id → index into :attr:`points`."""
-
-    def open_point(self) -> Point | None:
-        """The oldest point with a replicate not yet handed to a trial."""
-        return next((p for p in self.points if p.open), None)
-
-    def add_point(self, number: int, params: dict[str, Any]) -> Point:
-        point = Point(number, dict(params), [dict(r) for r in self.replicates])
-        self.points.append(point)
-        return point
-
-    def assign(self, trial_id: str, point: Point) -> dict[str, Any]:
-        """Hand ``point``'s next replicate to ``trial_id``; returns the trial's config."""
-        index = len(point.assigned)
-        point.assigned[trial_id] = index
-        self.trial_point[trial_id] = self.points.index(point)
-        return {**point.params, **point.replicates[index]}
-
-    def result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        point = self.point_of(trial_id)
-        if point is not None and self.metric in result:
-            point.curves.setdefault(trial_id, []).append(float(result[self.metric]))
-
-    def complete(self, trial_id: str, error: bool = False) -> Point | None:
-        """Record that ``trial_id`` ended; returns its point when that was the point's last
-        replicate (then the point is ready to be told)."""
-        point = self.point_of(trial_id)
-        if point is None or trial_id in point.ended:
-            return None
-        curve = point.curves.get(trial_id, [])
-        point.ended[trial_id] = None if error or not curve else replicate_score(curve, self.score, self.mode)
-        return point if point.done and not point.told else None
-
-    def point_of(self, trial_id: str) -> Point | None:
-        index = self.trial_point.get(trial_id)
-        return self.points[index] if index is not None else None
-
-    def value(self, point: Point) -> float | None:
-        """The point's aggregate, or None when a replicate failed."""
-        scores = list(point.ended.values())
-        if any(s is None for s in scores):
-            return None
-        return aggregate([s for s in scores if s is not None], self.how)
-
-
-def trial_name(trial_id: str) -> str:
-    """The name of a Tune trial's folder (``trial_00003``), as raydt names them."""
-    return f"trial_{trial_id.rsplit('_', 1)[-1]}"
 
 
 # --------------------------------------------------------------------------------------
@@ -260,7 +129,8 @@ class ReplicatedSearch(Searcher):
             asked = self.study.ask(self.distributions)
             point = self.book.add_point(asked.number, asked.params)
         config = self.book.assign(trial_id, point)
-        self._set_attr(point.number, "replicates", [trial_name(t) for t in point.assigned])
+        if not self._finished(point.number):
+            self._set_attr(point.number, "replicates", [self.book.names[t] for t in point.assigned])
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -278,8 +148,11 @@ class ReplicatedSearch(Searcher):
     def tell(self, point: Point) -> None:
         import optuna
 
+        if self._finished(point.number):  # told before the driver was lost: Tune's checkpoint lagged
+            point.told = True
+            return
         value = self.book.value(point)
-        names = {trial_name(t): s for t, s in point.ended.items()}
+        names = {self.book.names[t]: s for t, s in point.ended.items()}
         self._set_attr(point.number, "replicate_scores", names)
         self._set_attr(point.number, "replicates", sorted(names))
         if value is None:
@@ -290,6 +163,14 @@ class ReplicatedSearch(Searcher):
             self.study.tell(point.number, value)
         point.told = True
         self._sync()
+
+    def _finished(self, number: int) -> bool:
+        """Whether the study already holds a final state for point ``number``."""
+        import optuna
+
+        storage = self.study._storage
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+        return trial.state != optuna.trial.TrialState.RUNNING
 
     def _set_attr(self, number: int, key: str, value: Any) -> None:
         import optuna
@@ -317,6 +198,8 @@ class ReplicatedSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.book = pickle.load(f)["book"]
+        for point in self.book.points:  # the study is the record of what was told
+            point.told = point.told or self._finished(point.number)
         self._fail_lost_points()
 
     def _fail_lost_points(self) -> None:

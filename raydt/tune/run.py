@@ -124,7 +124,7 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str,
     raw = apply_overrides(RawSpec(run_spec["values"], run_spec["origins"]), params, source="search")
     config = build(ExperimentConfig, raw.values, raw.origins)
     context = tune.get_context()
-    name = f"trial_{context.get_trial_id().rsplit('_', 1)[-1]}"  # as _trial_name names its folder
+    name = context.get_trial_name()  # _trial_name's, which is also its folder's
     run_dir = storage.join(sweep_dir, name)  # a local path or a URI
     fit_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()],
                 prepared=Prepared.from_dict(prepared))
@@ -149,8 +149,14 @@ def _record_session(timing_uri: str, started: float, concurrency: int, resume: b
 
 
 def _trial_name(trial) -> str:
-    # Tune's trial ids end in a running index ("a1b2c_00003"): the index is deterministic.
-    return f"trial_{trial.trial_id.rsplit('_', 1)[-1]}"
+    """``trial_NNNNN``: the trial's place in the order trials were created, so names are
+    deterministic and a resumed sweep finds its trials. The grid's trial ids end in that
+    index ("a1b2c_00003"); a searcher's ids are random, and its trials are numbered by the
+    experiment tag ("4_lr=…", counted from 1), which Tune restores on resume."""
+    suffix = trial.trial_id.rsplit("_", 1)
+    if len(suffix) == 2 and suffix[1].isdigit():
+        return f"trial_{suffix[1]}"
+    return f"trial_{int(str(trial.experiment_tag).split('_', 1)[0]) - 1:05d}"
 
 
 def _param_space(spec: SweepSpec) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from raydt.config import (
     read_spec,
 )
 from raydt.errors import ConfigError
+from raydt.rundir import DATASET_KEY, SEED_KEY
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 """Kinds of search dimension a ``search:`` entry may name."""
@@ -52,8 +53,6 @@ class Dimension:
     """grid/choice: the values; uniform/loguniform/randint: (low, high)."""
 
 
-SEED_KEY = "train.seed"
-DATASET_KEY = "data.dataset"
 
 
 @dataclass(frozen=True)

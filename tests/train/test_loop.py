@@ -180,3 +180,15 @@ def test_tf32_only_where_precision_is_reduced_and_never_in_the_losses(tmp_path, 
         assert seen == [False] and tf32_enabled() is tf32
     finally:
         restore_tf32(before)
+
+
+def test_a_run_resumed_at_its_last_step_reports_its_last_evaluation_again(tmp_path):
+    fit(tiny_config(), tmp_path, quiet())
+    reports = []
+    ctx = RunContext(log=lambda _: None, report=lambda step, metrics, checkpoint: reports.append((step, metrics)))
+    out = fit(tiny_config(), tmp_path, ctx, resume=True)
+    assert out["step"] == 12
+    [(step, metrics)] = reports
+    last = read_metrics(tmp_path / "metrics.jsonl")[-1]
+    assert step == 12 and metrics["eval/normalized_score"] == last["eval/normalized_score"]
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2, 4, 6, 8, 10, 12]  # nothing logged twice

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from raydt.errors import ConfigError
-from raydt.tune.replicates import aggregate, bootstrap_interval, replicate_score
+from raydt.replicates import aggregate, bootstrap_interval, replicate_score
 from raydt.tune.spec import load_sweep
 from tests.helpers import RUN_SPEC
 
@@ -171,3 +171,185 @@ tune:
     assert replicated.grid() == by_hand.grid()
     assert _param_space(replicated) == _param_space(by_hand)
     assert [replicated.trial_config(p) for p in replicated.grid()] == [by_hand.trial_config(p) for p in by_hand.grid()]
+
+
+def _replicated_sweep(root):
+    """Three points (λ1) × 2 datasets × 2 seeds, written as runs; one replicate failed."""
+    import json
+
+    import yaml
+
+    finals = {0.0: [50, 54, 60, 64], 0.1: [70, 71, 72, 73], 0.2: [69, 72, 70, 74]}
+    i = 0
+    for lam, values in finals.items():
+        for j, final in enumerate(values):
+            if lam == 0.0 and j == 3:
+                final = None  # never evaluated
+            run = root / f"trial_{i:05d}"
+            run.mkdir(parents=True)
+            (run / "config.resolved.yaml").write_text(yaml.safe_dump({
+                "loss": {"lambda1": lam}, "data": {"dataset": ["generated:hopper-medium", "generated:walker2d-medium"][j // 2]},
+                "train": {"seed": j % 2}}))
+            rows = [] if final is None else [{"step": 4, METRIC: final - 10, "perf/train_seconds": 1800.0},
+                                             {"step": 8, METRIC: final, "perf/train_seconds": 3600.0}]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (run / "timing.json").write_text(json.dumps({"finished": 1000.0 + i}))
+            i += 1
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "searched_keys": ["loss.lambda1", "data.dataset", "train.seed"],
+        "tune": {"searcher": "optuna", "metric": METRIC, "mode": "max",
+                 "replicates": {"seeds": 2, "datasets": ["generated:hopper-medium", "generated:walker2d-medium"],
+                                "aggregate": "mean", "score": "final"}}}))
+    return root
+
+
+def test_report_prints_one_row_per_point_with_intervals_and_the_search_progress(tmp_path, capsys):
+    from raydt.cli import main
+    from raydt.points import point_rows, replicated_settings, search_progress
+
+    root = _replicated_sweep(tmp_path / "sweep")
+    settings = replicated_settings(root)
+    assert settings.keys == ("loss.lambda1",) and settings.replicates == 4
+    rows = point_rows(root, settings, reps=500)
+    assert [r.params["loss.lambda1"] for r in rows] == [0.1, 0.2, 0.0]  # sorted, best first
+    assert [r.value for r in rows] == [71.5, 71.25, float(np.mean([50, 54, 60]))]
+    assert [len(r.scores) for r in rows] == [4, 4, 3]
+    assert rows[0].interval[0] <= 71.5 <= rows[0].interval[1]
+    # best so far after each complete point (the incomplete λ1=0 point does not count)
+    # (trial_00003 never evaluated: its training hours are not known, counted as 0)
+    assert search_progress(settings, rows) == [(8, 7.0, 71.5), (12, 11.0, 71.5)]
+
+    assert main(["report", str(root), "--search-plot", str(tmp_path / "search.png"), "--reps", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "search points: 3, 4 replicate(s) each" in out
+    lines = out.splitlines()
+    assert lines[3].split()[:2] == ["0.1", "71.5"] and lines[3].split()[-1] == "4/4"
+    assert lines[5].split()[-1] == "3/4"
+    assert "best point: loss.lambda1=0.1 (71.5" in out
+    assert "overlaps the runner-up's" in out
+    assert (tmp_path / "search.png").stat().st_size > 0
+    assert main(["report", str(root), "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "loss.lambda1,value,ci_low,ci_high,replicates_done,replicates"
+
+
+@pytest.mark.ray
+def test_an_optuna_search_with_replicates_persists_its_study_across_a_lost_driver(tmp_path, capsys):
+    import json
+    import os
+    import signal
+    import time
+
+    from raydt.cli import main
+    from raydt.tune.replicates import open_study, study_points
+    from tests.helpers import REPO, TINY_RUN, eval_steps, raydt_sweep, wait_for
+
+    run = "\n".join(f"{k}: {v!r}" if ":" in v else f"{k}: {v}" for k, v in (i.split("=", 1) for i in TINY_RUN)
+                    if not k.startswith("data.dataset"))
+    spec_path = tmp_path / "search.yaml"
+    spec_path.write_text(f"""\
+extends: {REPO / 'tune_specs/optuna_cpu.yaml'}
+{run}
+train.steps: 8
+tune:
+  num_samples: 3
+  max_concurrent: 2
+  storage_path: {tmp_path}
+  name: search
+  replicates:
+    datasets: ["generated:hopper-medium?steps=3000", "generated:walker2d-medium?steps=3000"]
+    seeds: 2
+""")
+    spec = load_sweep(spec_path)
+    sweep = tmp_path / "search"
+    proc = raydt_sweep(str(spec_path), start_new_session=True)
+
+    def complete_points():
+        if not (sweep / "optuna_study.journal").exists():
+            return []
+        return [p for p in study_points(open_study(spec, str(sweep), spec.name)) if p["state"] == "COMPLETE"]
+
+    wait_for(lambda: complete_points() or proc.poll() is not None, timeout=600, every=1.0)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray
+    proc.wait()
+    finished = complete_points()
+    kept = {name: (sweep / name / "metrics.jsonl").read_text() for p in finished for name in p["replicates"]}
+    time.sleep(1)
+
+    resumed = raydt_sweep(str(spec_path), "--resume")
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-3000:]
+    points = study_points(open_study(spec, str(sweep), spec.name))
+    done = [p for p in points if p["state"] == "COMPLETE"]
+    assert len(done) == 3, points  # the same study, continued: every point told once
+    for point in done:
+        assert set(point["params"]) == {"optim.lr", "model.dropout", "data.context_length"}
+        finals = [json.loads((sweep / n / "metrics.jsonl").read_text().splitlines()[-1])["eval/normalized_score"]
+                  for n in point["replicates"]]
+        assert len(finals) == 4 and point["value"] == pytest.approx(float(np.mean(sorted(finals))))
+        for name in point["replicates"]:
+            assert eval_steps(sweep / name) == [4, 8]
+    # The points finished before the driver was lost were not run again: not a row added.
+    assert kept and all((sweep / n / "metrics.jsonl").read_text() == rows for n, rows in kept.items())
+    assert main(["report", str(sweep)]) == 0
+    report = capsys.readouterr().out
+    assert "search points: 3, 4 replicate(s) each" in report and "4/4" in report and "best point:" in report
+
+
+def test_optuna_dashboard_opens_the_sweeps_study(tmp_path):
+    """The README's `optuna-dashboard SWEEP/optuna_study.journal`."""
+    import json
+    import shutil
+    import socket
+    import subprocess
+    import urllib.request
+
+    from raydt.tune.replicates import STUDY_JOURNAL, make_searcher
+    from tests.helpers import wait_for
+
+    spec = _spec(tmp_path, "  searcher: optuna\n  num_samples: 1\n  replicates: {seeds: 2}\n")
+    searcher = make_searcher(spec, str(tmp_path / "sweep"))
+    for trial_id in ("d_00000", "d_00001"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {METRIC: 10.0})
+        searcher.on_trial_complete(trial_id, {METRIC: 10.0})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = subprocess.Popen([shutil.which("optuna-dashboard"), str(tmp_path / "sweep" / STUDY_JOURNAL),
+                                  "--port", str(port), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def studies():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    return json.load(response)["study_summaries"]
+            except OSError:
+                return None
+
+        wait_for(lambda: studies() or dashboard.poll() is not None, timeout=60, every=0.5)
+        assert [s["study_name"] for s in studies()] == [spec.name]
+    finally:
+        dashboard.kill()
+        dashboard.wait()
+
+
+def test_a_point_told_after_tunes_last_checkpoint_is_not_told_twice(tmp_path):
+    import pickle
+
+    from raydt.tune.replicates import make_searcher, open_study, study_points
+
+    spec = _spec(tmp_path, "  searcher: optuna\n  num_samples: 1\n  replicates: {seeds: 2}\n")
+    searcher = make_searcher(spec, str(tmp_path / "sweep"))
+    for trial_id in ("b_00000", "b_00001"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_result(trial_id, {METRIC: 4.0})
+    searcher.on_trial_complete("b_00000", {METRIC: 4.0})
+    searcher.save(str(tmp_path / "state.pkl"))  # Tune's checkpoint, before the point ended
+    pickled = pickle.dumps(searcher)
+    searcher.on_trial_complete("b_00001", {METRIC: 4.0})  # told; then the driver is lost
+    restored = pickle.loads(pickled)
+    restored.restore(str(tmp_path / "state.pkl"))
+    restored.on_trial_result("b_00001", {METRIC: 4.0})  # the restarted replicate reports again
+    restored.on_trial_complete("b_00001", {METRIC: 4.0})
+    [point] = study_points(open_study(spec, str(tmp_path / "sweep"), spec.name))
+    assert point["state"] == "COMPLETE" and point["value"] == 4.0

@@ -35,6 +35,22 @@ def split_uri(uri: str) -> tuple[str, str]:
     return scheme, body
 
 
+def check_dataset_uri(uri: str) -> None:
+    """Refuse a URI whose scheme, generated task or D4RL name is unknown (a DataError that
+    says what is valid), without reading or making anything."""
+    scheme, body = split_uri(uri)
+    if scheme == "generated" and body.startswith("atari-"):
+        from raydt.data.atari import parse_atari
+
+        parse_atari(body)
+    elif scheme == "generated":
+        parse_generated(body)
+    elif scheme == "d4rl" and not (body.endswith((".hdf5", ".h5")) or "/" in body):
+        from raydt.data.d4rl import d4rl_filename
+
+        d4rl_filename(body)
+
+
 def load_dataset(uri: str, download: bool = True, log: Callable[[str], None] = print) -> Trajectories:
     """Load the dataset ``uri`` names into flat :class:`Trajectories` (Atari sources:
     :class:`raydt.data.dqn_replay.AtariTrajectories`)."""

@@ -258,14 +258,14 @@ def _check_replicates(spec: SweepSpec) -> None:
             raise ConfigError(f"{where}.{DATASET_KEY}: the datasets come from tune.replicates.datasets; "
                               "remove it from search: (or drop tune.replicates.datasets to search over it)")
     if spec.tune.replicates.datasets is not None:
-        from raydt.data.sources import split_uri
+        from raydt.data.sources import check_dataset_uri
         from raydt.errors import DataError
 
         if not spec.tune.replicates.datasets:
             raise ConfigError(f"{spec.path}: tune.replicates.datasets is empty; list datasets, or null for data.dataset")
         for uri in spec.tune.replicates.datasets:
             try:
-                split_uri(uri)
+                check_dataset_uri(uri)
             except DataError as exc:
                 raise ConfigError(f"{spec.path}: tune.replicates.datasets: {exc}") from None
     if spec.tune.study_storage is not None and spec.tune.searcher != "optuna":

@@ -144,6 +144,10 @@ def test_the_searcher_survives_a_lost_driver(tmp_path):
     ("  replicates: {datasets: ['generated:hopper-medium']}\n", "  data.dataset: {grid: ['generated:hopper-medium']}\n",
      "datasets come from tune.replicates.datasets"),
     ("  replicates: {seeds: 2, aggregate: median}\n", "", "tune.replicates.aggregate"),
+    ("  replicates: {datasets: ['generated:hopper-medium', 'd4rl:hopper-mediun-v2']}\n", "",
+     "tune.replicates.datasets: unknown D4RL dataset 'hopper-mediun-v2'"),
+    ("  replicates: {datasets: ['generated:hoper-medium']}\n", "", "unknown task 'hoper'"),
+    ("  searcher: grid\n  study_storage: sqlite:///x.db\n", "", "tune.study_storage.*tune.searcher: optuna"),
 ])
 def test_replicate_spec_errors_are_one_line(tmp_path, tune, search, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -353,3 +357,29 @@ def test_a_point_told_after_tunes_last_checkpoint_is_not_told_twice(tmp_path):
     restored.on_trial_complete("b_00001", {METRIC: 4.0})
     [point] = study_points(open_study(spec, str(tmp_path / "sweep"), spec.name))
     assert point["state"] == "COMPLETE" and point["value"] == 4.0
+
+
+def test_the_study_in_an_rdb_and_in_uri_storage(tmp_path, monkeypatch):
+    from raydt.tune.replicates import STUDY_JOURNAL, make_searcher, open_study, study_points
+
+    db = tmp_path / "studies.db"
+    spec = _spec(tmp_path, f"  searcher: optuna\n  num_samples: 1\n  study_storage: sqlite:///{db}\n")
+    searcher = make_searcher(spec, str(tmp_path / "sweep"))
+    searcher.suggest("r_00000")
+    searcher.on_trial_result("r_00000", {METRIC: 3.0})
+    searcher.on_trial_complete("r_00000", {METRIC: 3.0})
+    assert db.is_file() and not (tmp_path / "sweep").exists()
+    assert [p["value"] for p in study_points(open_study(spec, str(tmp_path / "sweep"), spec.name))] == [3.0]
+
+    # URI storage: the journal is copied there after each change; a driver on another
+    # machine (an empty data directory) continues from the copy.
+    spec = _spec(tmp_path, "  searcher: optuna\n  num_samples: 2\n")
+    uri = f"file://{tmp_path / 'bucket' / 'sweep'}"
+    searcher = make_searcher(spec, uri)
+    searcher.suggest("u_00000")
+    searcher.on_trial_result("u_00000", {METRIC: 5.0})
+    searcher.on_trial_complete("u_00000", {METRIC: 5.0})
+    assert (tmp_path / "bucket" / "sweep" / STUDY_JOURNAL).is_file()
+    monkeypatch.setenv("RAYDT_DATA_DIR", str(tmp_path / "elsewhere"))
+    points = study_points(open_study(spec, uri, spec.name))
+    assert [(p["state"], p["value"]) for p in points] == [("COMPLETE", 5.0)]

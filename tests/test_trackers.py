@@ -167,3 +167,26 @@ def test_report_uploads_a_finished_sweep_run_without_trackers(tmp_path, capsys):
     client, found = mlflow_run(f"sqlite:///{sweep / 'mlflow.db'}", "uploads")  # beside the runs
     assert sorted(r.info.run_name for r in found) == ["trial_00000", "trial_00001"]
     assert {r.data.tags["raydt.group"] for r in found} == {"backbone=random"}
+
+
+@pytest.mark.ray
+def test_a_sweep_logs_each_trial_under_its_name_and_group(tmp_path):
+    from tests.helpers import raydt_sweep, tiny_sweep
+
+    spec = tiny_sweep(tmp_path, seeds=2)
+    spec.write_text(spec.read_text().replace("search:", "log.wandb.project: raydt-tests\nlog.wandb.mode: offline\n"
+                                                        "log.mlflow.experiment: raydt-tests\nsearch:"))
+    proc = raydt_sweep(str(spec))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    sweep = tmp_path / "tiny"
+    for name in ("trial_00000", "trial_00001"):
+        run = sweep / name
+        assert wandb_history(run) == logged(read_metrics(run / "metrics.jsonl"))
+        [header] = [r.run for r in wandb_records(run) if r.WhichOneof("record_type") == "run"]
+        assert header.display_name == name and header.run_group == "all runs"  # the seeds of one group
+    client, found = mlflow_run(f"sqlite:///{sweep / 'mlflow.db'}", "raydt-tests")
+    assert sorted(r.info.run_name for r in found) == ["trial_00000", "trial_00001"]
+    for r in found:
+        rows = read_metrics(sweep / r.info.run_name / "metrics.jsonl")
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] == [row["step"] for row in rows]

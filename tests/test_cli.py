@@ -63,3 +63,29 @@ def test_data_train_policy_writes_snapshots(tmp_path):
         assert f["weights"].shape[1:] == (3, 11)
         assert f["weights"].shape[0] == f["eval_return_mean"].shape[0] >= 2
         assert json.loads(str(f["meta"]))["task"] == "hopper"
+
+
+def test_spec_show_resolves_a_sweep_spec(capsys):
+    """A sweep spec: its run part resolved (with --set), its search and every tune setting;
+    --doc documents the tune keys too and prints the same YAML."""
+    from raydt.cli import main
+    from raydt.config import to_dict
+    from raydt.tune.spec import SearchConfig, load_sweep
+    from tests.helpers import REPO
+
+    spec_file = REPO / "tune_specs/optuna_cpu.yaml"
+    assert main(["spec", "show", str(spec_file), "--set", "train.steps=7"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    spec = load_sweep(spec_file, ["train.steps=7"])
+    run_part = {k: v for k, v in shown.items() if k not in ("search", "tune", "report")}
+    assert run_part == to_dict(spec.base_config()) and run_part["train"]["steps"] == 7
+    assert shown["search"] == {"optim.lr": {"loguniform": [3e-5, 1e-3]}, "model.dropout": {"uniform": [0.0, 0.2]},
+                               "data.context_length": {"choice": [5, 10, 20]}}
+    assert shown["tune"] == to_dict(spec.tune)
+    assert shown["tune"]["searcher"] == "optuna" and shown["tune"]["replicates"]["seeds"] == 2
+    assert shown["tune"]["asha_grace_steps"] == 1000  # defaults shown too
+    assert main(["spec", "show", str(spec_file), "--set", "train.steps=7", "--doc"]) == 0
+    documented = capsys.readouterr().out
+    assert yaml.safe_load(documented) == shown
+    for key, (_, doc) in {**leaf_fields(ExperimentConfig), **leaf_fields(SearchConfig)}.items():
+        assert f"# {doc}" in documented, key

@@ -243,6 +243,42 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) 
     return spec
 
 
+SEARCH_DOC = ("dotted run keys → grid or choice: [values], or uniform, loguniform or randint: [low, high]; "
+              "each trial's values replace the run part's above")
+"""What ``raydt spec show --doc`` writes above a sweep's ``search:`` section."""
+
+
+def sweep_yaml(spec: SweepSpec, doc: bool = False) -> str:
+    """A sweep spec resolved (``raydt spec show``), as YAML a sweep spec could hold: the run
+    part's full config (what every trial starts from), then ``search:``, every ``tune:``
+    setting (defaults included) and ``report:``; with ``doc``, each run and tune key's
+    documentation above it (the field docstrings of the config, :class:`SearchConfig` and
+    :class:`ReplicatesConfig`)."""
+    import textwrap
+
+    import yaml
+
+    from raydt.config import to_dict, to_yaml
+
+    def flow(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+
+    lines = [to_yaml(spec.base_config(), doc=doc).rstrip("\n")]
+    if doc:
+        lines.append(f"# {SEARCH_DOC}")
+    # One line per dimension, as specs write them: `model.backbone: {grid: [random, gpt2]}`.
+    lines.append("search:" + ("" if spec.dimensions else " {}"))
+    lines += [f"  {flow({d.key: {d.kind: list(d.values)}})[1:-1]}" for d in spec.dimensions]
+    if doc:
+        lines.append(f"tune:  # {(SearchConfig.__doc__ or '').strip()}")
+        lines.append(textwrap.indent(to_yaml(spec.tune, doc=True), "  ").rstrip("\n"))
+    else:
+        lines.append(yaml.safe_dump({"tune": to_dict(spec.tune)}, sort_keys=False).rstrip("\n"))
+    if spec.report:
+        lines.append(yaml.safe_dump({"report": dict(spec.report)}, sort_keys=False).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
 def _check_replicates(spec: SweepSpec) -> None:
     """Seeds are replicates, never searched; a dataset is either searched or a replicate."""
     where = f"{spec.path}: search"

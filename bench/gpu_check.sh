@@ -4,8 +4,10 @@
 #      frame sampler, the prebuilt attention mask, evaluation of a saved run);
 #   2. training throughput vs Hugging Face's DecisionTransformerModel, bf16, with MFU,
 #      eager and torch.compile'd;
-#   3. a short convergence run (random vs language-pretrained, one seed each).
-# Results land in bench/results/ (throughput_gpu*.json, convergence_gpu_check.json).
+#   3. a short convergence run (random vs language-pretrained, one seed each);
+#   4. the cost of train.deterministic (deterministic kernels) per training step.
+# Results land in bench/results/ (throughput_gpu*.json, convergence_gpu_check.json,
+# deterministic_cuda_auto.json).
 #
 #   bash bench/gpu_check.sh            # from the repository root, in the installed venv
 set -euo pipefail
@@ -25,4 +27,6 @@ python -m bench.throughput --device cuda --sizes dt 3m --compile --name throughp
 
 step "convergence, short"
 python -m bench.convergence --spec bench/specs/convergence_gpu_check.yaml --name convergence_gpu_check
+step "train.deterministic: cost per step"
+python -m bench.deterministic --device cuda --steps 100
 echo; echo "gpu_check done in $(( $(date +%s) - start )) s"

@@ -58,14 +58,14 @@ def matmul_parameters(model: nn.Module) -> int:
 
 
 def raydt_trainer(size: str, batch: int, k: int, device: torch.device, threads: int, compile_: bool,
-                  dataset: str = DATASET, precision: str = "auto"):
+                  dataset: str = DATASET, precision: str = "auto", extra: tuple[str, ...] | list[str] = ()):
     from raydt.config import load_config
     from raydt.train.loop import RunContext, Trainer
 
     cfg = load_config(REPO / "tune_specs/runs/hopper_medium_dt.yaml", [
         f"data.dataset={dataset}", f"data.context_length={k}", f"model.size={size}",
         f"train.batch_size={batch}", f"resources.cpus_per_worker={threads}", f"train.precision={precision}",
-        f"train.compile={str(compile_).lower()}",
+        f"train.compile={str(compile_).lower()}", *extra,
     ])
     return Trainer(cfg, Path("/nonexistent-bench-run"), RunContext(device=device, log=lambda _: None))
 

@@ -3,7 +3,7 @@
 A run directory (fine-tuning or pre-training) holds::
 
     config.resolved.yaml   the full config the run used
-    run_info.json          versions, devices and the resolved data of the run
+    run_info.json          versions, devices, the resolved data and the reproducibility record
     metrics.jsonl          one JSON row per logging step (see raydt.sinks)
     timing.json            wall time split into set-up, training and evaluation
     events.out.tfevents.*  TensorBoard, the same tags as metrics.jsonl
@@ -148,6 +148,11 @@ class RunDir:
 
     def read_timing(self) -> dict[str, Any] | None:
         return json.loads(self.timing.read_text()) if self.timing.is_file() else None
+
+    def read_run_info(self) -> dict[str, Any] | None:
+        """Where and with what the run's latest session ran (its ``record``: versions, source
+        commit, CPU, GPUs; :mod:`raydt.record`); None when the run has not written it."""
+        return json.loads(self.run_info.read_text()) if self.run_info.is_file() else None
 
 
 @dataclass(frozen=True)

@@ -192,3 +192,39 @@ def test_a_run_resumed_at_its_last_step_reports_its_last_evaluation_again(tmp_pa
     last = read_metrics(tmp_path / "metrics.jsonl")[-1]
     assert step == 12 and metrics["eval/normalized_score"] == last["eval/normalized_score"]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [2, 4, 6, 8, 10, 12]  # nothing logged twice
+
+
+def test_eta_counts_training_and_the_evaluations_still_due():
+    from raydt.train.loop import _progress_line, eta_seconds, evaluations_by
+
+    assert [evaluations_by(s, 10, 4) for s in (3, 4, 8, 10)] == [0, 1, 2, 3]  # at 4, 8 and the end
+    # 4 of 10 steps in 8 s (2 s/step), one evaluation so far in 3 s: 6 steps and 2 evaluations left.
+    assert eta_seconds(4, 10, 4, train_seconds=8.0, eval_seconds=3.0) == 6 * 2.0 + 2 * 3.0
+    assert eta_seconds(0, 10, 4, 0.0, 0.0) is None
+    metrics = {"train/loss": 0.5, "perf/steps_per_second": 2.0}
+    assert _progress_line(4, 10, metrics, 18.0).endswith("eta 0m18s")
+    assert _progress_line(4, 10, metrics, 7322.0).endswith("eta 2h02m")
+    assert "eta" not in _progress_line(10, 10, metrics, 0.0)
+
+
+def test_train_deterministic_sets_the_process_wide_switches_and_a_run_trains_under_them(tmp_path, monkeypatch):
+    import os
+
+    from raydt.seeding import deterministic_enabled, restore_deterministic, set_deterministic
+    from raydt.train.loop import Trainer
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = set_deterministic(False)
+    try:
+        Trainer(tiny_config("train.deterministic=true"), tmp_path / "built", quiet())
+        assert deterministic_enabled()
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        # Every op of training and evaluation has a deterministic implementation on a CPU.
+        out = fit(tiny_config("train.deterministic=true", "train.steps=4"), tmp_path / "run", quiet())
+        assert out["step"] == 4 and math.isfinite(out["eval/normalized_score"])
+        Trainer(tiny_config(), tmp_path / "default", quiet())  # false: PyTorch's defaults again
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    finally:
+        restore_deterministic(before)

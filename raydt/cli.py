@@ -27,8 +27,13 @@ def _log(message: str) -> None:
 
 
 def cmd_spec_show(args: argparse.Namespace) -> int:
-    from raydt.config import load_config, to_yaml
+    from raydt.config import load_config, read_spec, to_yaml
 
+    if {"search", "tune"} & set(read_spec(args.file).values):  # a sweep spec: its run part, search and tune
+        from raydt.tune.spec import load_sweep, sweep_yaml
+
+        sys.stdout.write(sweep_yaml(load_sweep(args.file, args.set), doc=args.doc))
+        return 0
     config = load_config(args.file, args.set)
     sys.stdout.write(to_yaml(config, doc=args.doc))
     return 0
@@ -119,6 +124,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                                        "eval/return_mean", "perf/train_seconds") if k in metrics}
     print(json.dumps({"run_dir": str(run_dir), "step": metrics.get("step"), **summary}))
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from raydt.reproduce import reproduce
+
+    outcome = reproduce(Path(args.run_dir), out=Path(args.out) if args.out else None, steps=args.steps, log=_log)
+    print("\n".join(outcome.lines()))
+    return 0 if outcome.comparison.match else 1
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -249,6 +262,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_csv(keys, rows) if args.csv else format_table(keys, rows), end="" if args.csv else "\n")
     if args.intervals or args.compare or args.profile:
         _report_intervals(args, root)
+    if args.wandb or args.mlflow:
+        from raydt.config import LogConfig, MlflowConfig, WandbConfig
+        from raydt.trackers import upload_sweep
+
+        log = LogConfig(WandbConfig(args.wandb, args.wandb_entity, args.wandb_mode),
+                        MlflowConfig(args.mlflow, args.mlflow_uri))
+        upload_sweep(root, str(args.sweep_dir) if is_uri(args.sweep_dir) else str(root.resolve()), log, say=_log)
     if args.tensorboard:
         from raydt.report import write_group_runs
 
@@ -379,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     # One function per command below: its arguments and its handler.
-    for add in (_add_spec, _add_data, _add_train, _add_pretrain, _add_export, _add_eval, _add_sweep,
+    for add in (_add_spec, _add_data, _add_train, _add_reproduce, _add_pretrain, _add_export, _add_eval, _add_sweep,
                 _add_report, _add_compare, _add_bench, _add_analyze):
         add(sub)
     return parser
@@ -387,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_spec(sub) -> None:
     spec = sub.add_parser("spec", help="inspect specs").add_subparsers(dest="spec_command", required=True)
-    show = spec.add_parser("show", help="print the fully resolved config of a spec")
-    show.add_argument("file", help="spec YAML file")
+    show = spec.add_parser("show", help="print the fully resolved config of a spec (a sweep spec: its run part, "
+                           "search: and every tune: setting)")
+    show.add_argument("file", help="run or sweep spec YAML file")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a key, e.g. --set optim.lr=3e-4 (repeatable)")
     show.add_argument("--doc", action="store_true", help="print each key's documentation above it")
@@ -432,6 +453,16 @@ def _add_train(sub) -> None:
     train.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray")
     train.add_argument("--address", default=None, help="Ray cluster to join (auto on a cluster head)")
     train.set_defaults(func=cmd_train)
+
+
+def _add_reproduce(sub) -> None:
+    rep = sub.add_parser("reproduce", help="train a run again from its directory and compare metrics.jsonl row by "
+                                           "row (exit 0 match, 1 mismatch, 2 bad input)")
+    rep.add_argument("run_dir", help="a run directory (its config.resolved.yaml, metrics.jsonl and run_info.json)")
+    rep.add_argument("--steps", type=int, default=None,
+                     help="reproduce the first N steps (default: the run's train.steps); the schedule stays the run's")
+    rep.add_argument("--out", default=None, help="directory for the reproduction (default: a fresh temporary one)")
+    rep.set_defaults(func=cmd_reproduce)
 
 
 def _add_pretrain(sub) -> None:
@@ -502,6 +533,15 @@ def _add_report(sub) -> None:
                         help="probability that group A improves on group B (labels as --intervals prints them)")
     report.add_argument("--profile", default=None, metavar="OUT.png", help="draw performance profiles (with CIs)")
     report.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
+    report.add_argument("--wandb", default=None, metavar="PROJECT",
+                        help="upload every run to this W&B project (a sweep run without log.wandb)")
+    report.add_argument("--wandb-entity", default=None, help="W&B team or user for --wandb")
+    report.add_argument("--wandb-mode", choices=("online", "offline"), default="online",
+                        help="--wandb: stream now, or write offline runs beside each run for `wandb sync`")
+    report.add_argument("--mlflow", default=None, metavar="EXPERIMENT",
+                        help="upload every run to this MLflow experiment (a sweep run without log.mlflow)")
+    report.add_argument("--mlflow-uri", default=None, metavar="URI",
+                        help="--mlflow: tracking server or store (default: mlflow.db beside the runs)")
     report.add_argument("--search-plot", default=None, metavar="OUT.png",
                         help="a replicated search: draw the best point so far against trials and training hours")
     report.add_argument("--tensorboard", action="store_true",

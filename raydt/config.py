@@ -176,6 +176,8 @@ class TrainConfig:
     """Training matmuls: bf16 autocast (auto: where the hardware has native bf16, GPUs of compute capability ≥ 8.0 and CPUs with AVX512-BF16/AMX) or fp32; returns-to-go and losses stay fp32."""
     compile: bool = False
     """torch.compile the model's training forward (compiled once per window shape; evaluation stays eager)."""
+    deterministic: bool = False
+    """Deterministic kernels only (torch.use_deterministic_algorithms, cuDNN without autotuning, a fixed cuBLAS workspace), so a GPU run repeats bit for bit; CPU runs repeat without it."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,38 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases: every metric of metrics.jsonl, at the same steps, from rank 0."""
+
+    project: str | None = None
+    """W&B project; null: no W&B logging (needs `pip install -e ".[wandb]"`)."""
+    entity: str | None = None
+    """W&B team or user; null: your default entity."""
+    mode: Literal["online", "offline"] = "online"
+    """online: stream to W&B; offline: write under the run directory (wandb/), upload later with `wandb sync`."""
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """MLflow: every metric of metrics.jsonl, at the same steps, from rank 0."""
+
+    experiment: str | None = None
+    """MLflow experiment name; null: no MLflow logging (needs `pip install -e ".[mlflow]"`)."""
+    tracking_uri: str | None = None
+    """Tracking server or store (http://…, sqlite:///…); null: a SQLite store, mlflow.db beside the run directory."""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Experiment trackers, beside metrics.jsonl and TensorBoard (which are always written)."""
+
+    wandb: WandbConfig = WandbConfig()
+    """Weights & Biases (log.wandb.project, .entity, .mode)."""
+    mlflow: MlflowConfig = MlflowConfig()
+    """MLflow (log.mlflow.experiment, .tracking_uri)."""
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines one fine-tuning run."""
 
@@ -249,6 +283,7 @@ class ExperimentConfig:
     eval: EvalConfig = EvalConfig()
     loss: LossConfig = LossConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    log: LogConfig = LogConfig()
 
 
 # --------------------------------------------------------------------------------------

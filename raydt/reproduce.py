@@ -178,7 +178,12 @@ def reproduce(run_dir: Path, out: Path | None = None, steps: int | None = None,
     if not run.is_run():
         raise RaydtError(f"{run_dir} holds no {run.config.name}: not a run directory (a sweep's runs are its "
                          "trial folders)")
-    config = config_from_dict(run.read_config(), source=str(run.config))
+    import dataclasses
+
+    from raydt.config import LogConfig
+
+    # A reproduction is a check, not a run to publish: no W&B or MLflow run for it.
+    config = dataclasses.replace(config_from_dict(run.read_config(), source=str(run.config)), log=LogConfig())
     original = run.read_metrics()
     if not original:
         raise RaydtError(f"{run_dir} holds no {run.metrics.name} rows: the run logged nothing to compare with")

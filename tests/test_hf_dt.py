@@ -171,6 +171,7 @@ def _ddp_rank(rank: int, init: str, source: str) -> None:
             optimizer.zero_grad()
             module(batch, None, 0.0, 0.0)["total"].backward()
             optimizer.step()
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 

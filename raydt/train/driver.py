@@ -52,9 +52,11 @@ def run_training(
     overwrite: bool = False,
     address: str | None = None,
     log: Callable[[str], None] = print,
+    stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` (a local directory, or with Ray a storage URI); bad
-    input fails here, before Ray or a model starts."""
+    input fails here, before Ray or a model starts. ``stop_after`` (in-process runs only)
+    ends the run after that step with ``train.steps``' schedule (``raydt reproduce``)."""
     from raydt.artifacts import Prepared, store_for
     from raydt.preflight import check_configs
     from raydt.prepare import prepare_runs
@@ -63,7 +65,12 @@ def run_training(
     remote = storage.is_uri(run_dir)
     if remote and not use_ray:
         raise RaydtError(f"--out {run_dir}: --no-ray writes a local run directory; drop --no-ray to write to a URI")
+    if stop_after is not None and use_ray:
+        raise ValueError("stop_after cuts in-process runs only (use_ray=False)")
     check_configs([("", config)])  # backbone, dataset file and text exist, before anything is built
+    from raydt.trackers import check_trackers
+
+    check_trackers(config.log, remote_storage=remote)  # W&B / MLflow installed and set up
     prepare_run_dir(run_dir, resume, overwrite)
     if config.resources.use_gpu:
         import torch
@@ -80,7 +87,8 @@ def run_training(
 
         artifacts = prepare_runs([config], None, log=log)  # datasets, backbone, centres, text: made once here
         device = torch.device("cuda" if config.resources.use_gpu else "cpu")
-        return fit(config, Path(run_dir), RunContext(device=device, log=log, artifacts=artifacts), resume=resume)
+        return fit(config, Path(run_dir), RunContext(device=device, log=log, artifacts=artifacts), resume=resume,
+                   stop_after=stop_after)
     if address is None:  # a local Ray gets this machine: check before starting it
         from raydt.resources import local_nodes, trial_capacity
 

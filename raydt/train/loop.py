@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from raydt import artifacts
+from raydt import artifacts, record
 from raydt.artifacts import Artifact
 from raydt.config import ExperimentConfig, OptimConfig, to_dict, to_yaml
 from raydt.data.dqn_replay import AtariTrajectories
@@ -43,7 +43,7 @@ from raydt.model.dt import DecisionTransformer
 from raydt.prepare import RunData, build_run_model, describe, needs, resolve_run_data, run_tokenizer
 from raydt.pretrain.cache import resolve_backbone
 from raydt.rundir import RunDir
-from raydt.seeding import seed_everything, stream_seed
+from raydt.seeding import seed_everything, set_deterministic, stream_seed
 from raydt.sinks import JsonlSink, MetricWindow, MultiSink, Sink, TensorBoardSink
 from raydt.train.checkpoint import (
     load_checkpoint,
@@ -71,6 +71,12 @@ class RunContext:
     """Ray node id of this process, when it runs under Ray (recorded in run_info.json)."""
     artifacts: list[Artifact] = field(default_factory=list)
     """The prepared inputs this run reads (:mod:`raydt.prepare`), recorded in run_info.json."""
+    name: str | None = None
+    """The run's name for experiment trackers (a sweep's trial name); None: its directory's."""
+    group: str | None = None
+    """The run's group label for experiment trackers (a trial's searched values, seed left out)."""
+    location: str | None = None
+    """Where the run is stored (a path or URI), which its tracker id derives from; None: its directory."""
 
 
 def optimizer_options(device_type: str) -> dict[str, Any]:
@@ -252,6 +258,8 @@ class Trainer:
         """Fixed held-out text blocks for eval/text_loss (None when not tracked)."""
         self._started = time.time()
         cfg = config
+        # First of all: cuBLAS reads its workspace setting once, before any CUDA work.
+        set_deterministic(cfg.train.deterministic)
         torch.set_num_threads(cfg.resources.cpus_per_worker)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(
@@ -458,6 +466,8 @@ class Trainer:
             "resumed_at_step": self.step,
             # What the run read, by content: every trial of a sweep names the same bytes.
             "artifacts": describe(self.ctx.artifacts),
+            # Versions, source commit, CPU, threads and GPUs, which `raydt reproduce` checks.
+            "record": record.collect(),
         }
 
     def rank_state(self) -> dict[str, Any]:
@@ -553,8 +563,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False) -> dict[str, float]:
-        """Train to ``train.steps`` (or early stop) and return the last metrics."""
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, float]:
+        """Train to ``train.steps`` (or early stop) and return the last metrics. ``stop_after``
+        ends the loop after that step, as if the run were cut there: the learning-rate
+        schedule and the logging and evaluation steps stay those of ``train.steps``
+        (``raydt reproduce --steps``)."""
         cfg, ctx = self.config, self.ctx
         lead = ctx.rank == 0
         if resume:
@@ -569,9 +582,10 @@ class Trainer:
         session = (tick, self.train_seconds, self.eval_seconds)
         per_rank = cfg.train.batch_size // ctx.world_size
         stop = False
+        end = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
         try:
             self._keep_checkpoint()  # step 0: the weights before fine-tuning
-            while self.step < cfg.train.steps and not stop:
+            while self.step < end and not stop:
                 lambda1, lambda2 = self.lambdas()
                 if self.text is not None and lambda2 == 0 and cfg.loss.lambda_schedule == "linear":
                     self._text_done()  # a linear schedule stays at 0
@@ -595,7 +609,9 @@ class Trainer:
                 metrics["perf/total_seconds"] = self.train_seconds + self.eval_seconds
                 if lead:
                     sink.log(self.step, metrics)
-                    ctx.log(_progress_line(self.step, cfg.train.steps, metrics))
+                    eta = eta_seconds(self.step, cfg.train.steps, cfg.train.eval_every, self.train_seconds,
+                                      self.eval_seconds)
+                    ctx.log(_progress_line(self.step, cfg.train.steps, metrics, eta))
                     # The checkpoint after the row: a run killed between the two resumes from
                     # the previous checkpoint and logs this evaluation again, never skips it.
                     if at_eval:
@@ -648,8 +664,15 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.files.config, to_yaml(self.config))
         atomic_write_text(self.files.run_info, json.dumps(self.run_info(), indent=1))
-        return MultiSink(JsonlSink(self.files.metrics, resume_step=self.step if resume else None),
-                         TensorBoardSink(self.run_dir))
+        sinks: list[Sink] = [JsonlSink(self.files.metrics, resume_step=self.step if resume else None),
+                             TensorBoardSink(self.run_dir)]
+        from raydt.trackers import enabled, identity, open_trackers
+
+        if enabled(self.config.log):
+            ctx = self.ctx
+            who = identity(ctx.location or str(self.run_dir.resolve()), ctx.name or self.run_dir.name, ctx.group)
+            sinks += open_trackers(self.config, self.run_dir, who, resume)
+        return MultiSink(*sinks)
 
     def _keep_checkpoint(self) -> None:
         """A checkpoint of this step for analyses, when ``train.keep_checkpoints`` lists it."""
@@ -752,23 +775,49 @@ def agree_with_rank0(flag: bool, group: Any = None, waiting_for: str = "", timeo
 
 
 def _flat_params(cfg: ExperimentConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for section, values in to_dict(cfg).items():
-        for key, value in values.items():
-            out[f"{section}.{key}"] = value if not isinstance(value, list) else str(value)
-    return out
+    """The resolved config as dotted keys (``log.wandb.project``); lists as strings."""
+    from raydt.rundir import flatten
+
+    return {k: str(list(v)) if isinstance(v, tuple) else v for k, v in flatten(to_dict(cfg)).items()}
 
 
-def _progress_line(step: int, total: int, m: dict[str, float]) -> str:
+def evaluations_by(step: int, total: int, every: int) -> int:
+    """Evaluations a run has made by ``step``: one every ``every`` steps and one at the end."""
+    return step // every + (1 if step == total and total % every else 0)
+
+
+def eta_seconds(step: int, total: int, every: int, train_seconds: float, eval_seconds: float) -> float | None:
+    """Seconds left to ``total`` steps at this run's pace so far: training at its seconds
+    per step, plus each evaluation still due at its mean evaluation time (None before the
+    first step)."""
+    if step <= 0:
+        return None
+    done = evaluations_by(step, total, every)
+    left = evaluations_by(total, total, every) - done
+    per_eval = eval_seconds / done if done else 0.0
+    return (total - step) * train_seconds / step + left * per_eval
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _progress_line(step: int, total: int, m: dict[str, float], eta: float | None = None) -> str:
     line = f"step {step}/{total}  loss {m['train/loss']:.4f}  {m['perf/steps_per_second']:.1f} steps/s"
     if "eval/normalized_score" in m:
         line += f"  score {m['eval/normalized_score']:.1f} (best {m['eval/best_normalized_score']:.1f})"
     elif "eval/return_mean" in m:
         line += f"  return {m['eval/return_mean']:.1f}"
+    if eta is not None and step < total:
+        line += f"  eta {_duration(eta)}"
     return line
 
 
-def fit(config: ExperimentConfig, run_dir: Path, ctx: RunContext | None = None, resume: bool = False) -> dict[str, float]:
-    """Build a :class:`Trainer` for ``config`` and run it; the run directory's contract is
-    ``config.resolved.yaml``, ``metrics.jsonl``, TensorBoard events and ``checkpoints/``."""
-    return Trainer(config, Path(run_dir), ctx or RunContext()).fit(resume=resume)
+def fit(config: ExperimentConfig, run_dir: Path, ctx: RunContext | None = None, resume: bool = False,
+        stop_after: int | None = None) -> dict[str, float]:
+    """Build a :class:`Trainer` for ``config`` and run it (to ``stop_after``, see
+    :meth:`Trainer.fit`); the run directory's contract is ``config.resolved.yaml``,
+    ``metrics.jsonl``, TensorBoard events and ``checkpoints/``."""
+    return Trainer(config, Path(run_dir), ctx or RunContext()).fit(resume=resume, stop_after=stop_after)

@@ -20,7 +20,7 @@ from raydt.errors import EvalTimeout, RaydtError, RunFailed
 from raydt.rundir import CHECKPOINTS, LAST, RAY_TRAIN, RunDir, last_checkpoint_uri
 
 
-def worker_context(mirror=None, artifacts=()):
+def worker_context(mirror=None, artifacts=(), tracking: dict | None = None):
     """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker; with a
     :class:`~raydt.storage.Mirror`, rank 0 uploads the run directory after each checkpoint."""
     import ray
@@ -47,6 +47,7 @@ def worker_context(mirror=None, artifacts=()):
         log=print if rank == 0 else (lambda _: None),
         node=ray.get_runtime_context().get_node_id(),
         artifacts=list(artifacts),
+        **(tracking or {}),
     )
 
 
@@ -92,7 +93,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
         # otherwise see different files and start from different states.
         resume = agree_with_rank0(RunDir(run_dir).last.is_file())
     used = _pull_prepared(config, Prepared.from_dict(payload.get("prepared")), rank)
-    Trainer(config, run_dir, worker_context(mirror if rank == 0 else None, used)).fit(resume=resume)
+    tracking = payload.get("tracking") or {"location": payload.get("storage") or payload.get("run_dir")}
+    Trainer(config, run_dir, worker_context(mirror if rank == 0 else None, used, tracking)).fit(resume=resume)
     if mirror is not None and rank == 0:
         mirror.sync_up()  # timing.json, the last rows and events
 
@@ -157,7 +159,7 @@ def scaling_config(config: ExperimentConfig):
 
 
 def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str, callbacks: list | None = None,
-                 prepared: Prepared | None = None):
+                 prepared: Prepared | None = None, tracking: dict | None = None):
     """A ``TorchTrainer`` running ``config`` into ``run_dir``, a local directory or a URI
     (staged on the rank-0 node and uploaded); Ray's own files go under ``storage_path/name``."""
     from ray.train import FailureConfig
@@ -171,7 +173,9 @@ def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, stora
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_dir": None if is_uri(run_dir) else str(run_dir),
                            "storage": str(run_dir) if is_uri(run_dir) else None, "offline": is_offline(),
-                           "prepared": (prepared or Prepared()).to_dict()},
+                           "prepared": (prepared or Prepared()).to_dict(),
+                           # name, group and location of the run for W&B / MLflow (raydt.trackers)
+                           "tracking": tracking},
         scaling_config=scaling_config(config),
         run_config=RayRunConfig(
             name=name,
@@ -208,7 +212,7 @@ def _first_line(error: Exception) -> str:
 
 def fit_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storage_path: str,
                 callbacks: list | None = None, log: Callable[[str], None] = print,
-                prepared: Prepared | None = None) -> Any:
+                prepared: Prepared | None = None, tracking: dict | None = None) -> Any:
     """Run :func:`make_trainer` to the end. A worker group that fails for a reason raydt
     names (:class:`RaydtError`) fails at once with that message; any other failure (a dead
     worker process, a lost node) restarts the group from the run's last checkpoint, up to
@@ -219,7 +223,7 @@ def fit_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, storag
     attempt = 0
     while True:
         try:
-            return make_trainer(config, run_dir, name, storage_path, callbacks, prepared).fit()
+            return make_trainer(config, run_dir, name, storage_path, callbacks, prepared, tracking).fit()
         except WorkerGroupError as exc:
             error = permanent_failure(exc)
             if error is not None:

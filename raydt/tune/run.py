@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 
 from raydt import storage
 from raydt.config import ExperimentConfig, build, to_dict
@@ -126,8 +126,13 @@ def run_trial(params: dict[str, Any], run_spec: dict[str, Any], sweep_dir: str,
     context = tune.get_context()
     name = context.get_trial_name()  # _trial_name's, which is also its folder's
     run_dir = storage.join(sweep_dir, name)  # a local path or a URI
+    from raydt.rundir import SEED_KEY
+    from raydt.stats import group_label
+
+    grouped = {k: v for k, v in params.items() if k != SEED_KEY}
+    tracking = {"name": name, "group": group_label(list(grouped), list(grouped.values())), "location": run_dir}
     fit_trainer(config, run_dir, name="train", storage_path=run_dir, callbacks=[TuneReportCallback()],
-                prepared=Prepared.from_dict(prepared))
+                prepared=Prepared.from_dict(prepared), tracking=tracking)
     # The trial's wall time around its run's own timing.json.
     storage.write_text(storage.join(run_dir, TRIAL_TIMING),
                        json.dumps({"started": started, "finished": time.time()}, indent=1))
@@ -214,6 +219,51 @@ def _scheduler(spec: SweepSpec, config: ExperimentConfig):
     )
 
 
+class SweepProgress(Callback):
+    """A line whenever a trial starts or ends: trials done, running and pending, and an ETA
+    (the mean time of the trials that ended, for the waves still to run). A Tune callback."""
+
+    def __init__(self, total: int, concurrency: int, log: Callable[[str], None]) -> None:
+        self.total, self.concurrency, self.log = total, max(concurrency, 1), log
+        self.started: dict[str, float] = {}
+        self.durations: list[float] = []
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started[trial.trial_id] = time.time()
+        self.log(self.line(trials))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended(trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended(trials, trial)
+
+    def _ended(self, trials, trial) -> None:
+        if trial.trial_id in self.started:
+            self.durations.append(time.time() - self.started.pop(trial.trial_id))
+        self.log(self.line(trials))
+
+    def line(self, trials) -> str:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        return progress_line(done, running, self.total, self.concurrency, self.durations,
+                             [time.time() - s for s in self.started.values()])
+
+
+def progress_line(done: int, running: int, total: int, concurrency: int, durations: list[float],
+                  elapsed: list[float]) -> str:
+    """``trials: 3/12 done, 2 running, 7 pending; eta 14m05s``. The ETA needs one ended
+    trial: each running trial takes the mean duration less what it has run, and the pending
+    ones run in waves of ``concurrency`` at the mean duration each."""
+    pending = max(total - done - running, 0)
+    line = f"trials: {done}/{total} done, {running} running, {pending} pending"
+    if durations and done < total:
+        mean = sum(durations) / len(durations)
+        left = max([mean - e for e in elapsed] + [0.0]) + math.ceil(pending / concurrency) * mean
+        line += f"; eta {int(left) // 60}m{int(left) % 60:02d}s"
+    return line
+
+
 class ConvergedStopper(Stopper):
     """Stops a trial once ``patience`` evaluations have passed since its convergence point
     on the curve so far (``raydt.convergence``: the first evaluation within ``threshold``
@@ -293,6 +343,10 @@ def run_sweep(
 
     check_configs((", ".join(f"{k}={v}" for k, v in point.items()), spec.trial_config(point))
                   for point in spec.discrete_points())
+    from raydt.trackers import check_trackers
+
+    for log_config in {spec.trial_config(point).log for point in spec.discrete_points()}:
+        check_trackers(log_config, remote_storage=storage.is_uri(storage_path))
     if not dry_run and not storage.is_uri(storage_path):
         writable_dir(storage_path, "--out / tune.storage_path")
     if dry_run and address is None:
@@ -405,7 +459,8 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
                 verbose=1,
                 # Tune's JSON and CSV results (its ResultGrid reads them); not its TensorBoard
                 # logger, whose copy of every metric (ray/tune/...) would sit beside raydt's own.
-                callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                           SweepProgress(spec.num_trials, plan.concurrency, log)],
             ),
         )
     started = time.time()

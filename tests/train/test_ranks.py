@@ -44,6 +44,7 @@ def _rank(rank: int, init: str, run_dir: str, out: str, data_dir: str) -> None:
         after_resume = torch.rand(6).tolist()
         Path(out, f"rank{rank}.json").write_text(json.dumps(
             {"loss": float(pred), "after_fit": after_fit, "after_resume": after_resume, "centers": centers}))
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -137,3 +137,13 @@ def test_report_on_a_trial_that_never_evaluated(tmp_path):
         summarize(tmp_path / "empty")
     with pytest.raises(RaydtError, match="not found"):
         summarize(tmp_path / "missing")
+
+
+def test_sweep_progress_line_counts_trials_and_estimates_what_is_left():
+    from raydt.tune.run import progress_line
+
+    assert progress_line(0, 2, 12, 2, [], [10.0, 5.0]) == "trials: 0/12 done, 2 running, 10 pending"
+    # mean trial 60 s; the running ones need 60 − 20 = 40 s more at most; 6 pending in 3 waves
+    assert progress_line(4, 2, 12, 2, [50.0, 70.0], [20.0, 30.0]) == \
+        "trials: 4/12 done, 2 running, 6 pending; eta 3m40s"
+    assert progress_line(12, 0, 12, 2, [60.0], []) == "trials: 12/12 done, 0 running, 0 pending"

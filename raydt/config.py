@@ -231,7 +231,9 @@ class ResourcesConfig:
     num_workers: int = positive(1)
     """Ray Train workers (DDP processes) for this run."""
     use_gpu: bool = False
-    """Give each worker one GPU (NCCL); otherwise CPU workers (gloo)."""
+    """Give each worker a GPU, or its share of one (resources.gpus_per_worker; NCCL); otherwise CPU workers (gloo)."""
+    gpus_per_worker: float = checked(1.0, lambda v: 0 < v <= 1, "a share of one GPU, 0 < share <= 1")
+    """With use_gpu: the share of a GPU each worker gets (0.25: four one-worker trials per GPU, each bounded to a quarter of its memory); multi-worker (DDP) runs keep whole GPUs."""
     cpus_per_worker: int = positive(1)
     """CPU cores reserved for each worker; also its number of PyTorch threads."""
     max_failures: int = nonnegative(3)

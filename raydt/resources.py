@@ -106,20 +106,40 @@ def placement_strategy(res: ResourcesConfig) -> str:
     return "STRICT_PACK" if res.use_gpu and res.num_workers > 1 else "PACK"
 
 
+def gpus_per_worker(res: ResourcesConfig) -> float:
+    """GPUs each worker asks Ray for: 0 on CPU, else ``resources.gpus_per_worker``; refused
+    for a DDP run that asks for a share (NCCL ranks sharing one GPU only contend)."""
+    if not res.use_gpu:
+        return 0.0
+    if res.gpus_per_worker < 1 and res.num_workers > 1:
+        raise ConfigError(f"resources.gpus_per_worker={res.gpus_per_worker:g} with resources.num_workers="
+                          f"{res.num_workers}: a multi-worker (DDP) run keeps whole GPUs; set gpus_per_worker=1, "
+                          "or num_workers=1 to share a GPU between trials")
+    return float(res.gpus_per_worker)
+
+
+def _fits(have: float, need: float) -> int:
+    """How many ``need`` fit in ``have``; fractions like 0.1 are not exact in binary, so
+    10 × 0.1 must still fit in 1."""
+    return int(math.floor(have / need + 1e-9)) if need else 0
+
+
 def trial_capacity(res: ResourcesConfig, cluster: ClusterShape | list[dict[str, float]], where: str) -> Capacity:
     """How many runs of ``res`` the cluster holds at once (≥ 1), or a :class:`ConfigError`
     naming what does not fit. ``cluster`` may be a list of node resource dicts (a fixed
     cluster)."""
     shape = cluster if isinstance(cluster, ClusterShape) else shape_from_nodes(cluster)
-    cpus, gpus, workers = res.cpus_per_worker, int(res.use_gpu), res.num_workers
+    cpus, gpus, workers = res.cpus_per_worker, gpus_per_worker(res), res.num_workers
     placement = placement_strategy(res)
-    need = f"{cpus} CPU" + (f" and {gpus} GPU" if gpus else "")
+    need = f"{cpus} CPU" + (f" and {gpus:g} GPU" if gpus else "")
 
     def per_node(t: NodeType, n: int) -> int:  # how many n-worker groups one node holds
-        if t.guessed:  # an unknown size: planned optimistically as one trial's workers, not refused
-            return 0 if t.head else max(1, workers // n)
-        fit = int(t.cpus // (n * cpus))
-        return min(fit, int(t.gpus // (n * gpus))) if gpus else fit
+        if t.guessed:  # an unknown size: planned optimistically as one trial's workers (on one GPU), not refused
+            return 0 if t.head else max(1, workers // n) * (_fits(1.0, gpus) if 0 < gpus < 1 else 1)
+        fit = _fits(t.cpus, n * cpus)
+        if 0 < gpus < 1:  # Ray fills a fractional request from one GPU: shares do not straddle two
+            return min(fit, _fits(1.0, gpus) * int(t.gpus + 1e-9))
+        return min(fit, _fits(t.gpus, n * gpus)) if gpus else fit
 
     kinds = ", ".join(t.describe() for t in shape.types) or "none"
     if not any(per_node(t, 1) for t in shape.types):

@@ -307,3 +307,33 @@ def test_the_connected_clusters_shape_follows_its_provider(tmp_path, monkeypatch
     assert shape.autoscaling and sizes(shape) == {"head": (0.0, 0.0, False), "cpu_2x": (2.0, 0.0, False)}
     assert {t.name: t.alive for t in shape.types} == {"head": 1, "cpu_2x": 2}
     assert trial_capacity(ResourcesConfig(cpus_per_worker=1), shape, "spec").trials == 3 * 2
+
+
+@pytest.mark.parametrize("share, one, four", [(0.25, 4, 16), (0.5, 2, 8), (1.0, 1, 4),
+                                              (0.3, 3, 12),  # 3 per GPU: a share never straddles two GPUs
+                                              (0.1, 8, 40)])  # 10 per GPU, but g5.2xlarge has 8 vCPUs
+def test_fractional_gpus_put_several_trials_on_each_gpu(share, one, four):
+    res = ResourcesConfig(use_gpu=True, cpus_per_worker=1, gpus_per_worker=share)
+    cap = trial_capacity(res, aws_shape(), "spec")
+    # g5.2xlarge (gpu_1x): 1 GPU, 8 vCPUs; g5.12xlarge (gpu_4x): 4 GPUs, 48 vCPUs
+    assert dict((name, per) for name, per, _ in cap.per_type) == {"gpu_1x": one, "gpu_4x": four}
+    assert cap.trials == 8 * one + 2 * four  # at most 8 and 2 nodes of them
+
+
+def test_cpus_still_bound_a_shared_gpu_and_ddp_keeps_whole_gpus():
+    from raydt.resources import gpus_per_worker
+
+    res = ResourcesConfig(use_gpu=True, cpus_per_worker=4, gpus_per_worker=0.25)
+    cap = trial_capacity(res, aws_shape(), "spec")
+    assert dict((n, p) for n, p, _ in cap.per_type) == {"gpu_1x": 2, "gpu_4x": 12}  # 8/4 CPUs; 48/4 CPUs
+    assert gpus_per_worker(ResourcesConfig(gpus_per_worker=0.25)) == 0.0  # use_gpu off: no GPU at all
+    with pytest.raises(ConfigError, match="multi-worker \\(DDP\\) run keeps whole GPUs"):
+        trial_capacity(ResourcesConfig(use_gpu=True, num_workers=2, gpus_per_worker=0.5), aws_shape(), "spec")
+
+
+def test_a_gpu_share_is_checked_as_a_config_value():
+    from tests.helpers import tiny_config
+
+    for bad in ("0", "1.5", "-0.25"):
+        with pytest.raises(ConfigError, match="resources.gpus_per_worker.*0 < share <= 1"):
+            tiny_config(f"resources.gpus_per_worker={bad}")

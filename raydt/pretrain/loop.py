@@ -24,6 +24,7 @@ from torch import nn
 from raydt.config import to_dict, to_yaml
 from raydt.errors import ConfigError, RaydtError
 from raydt.fsutil import atomic_write_text
+from raydt.precision import optimizer_options, use_bf16
 from raydt.pretrain.config import CorpusConfig, PretrainConfig, PretrainOptimConfig
 from raydt.rundir import RunDir
 from raydt.seeding import seed_everything
@@ -206,7 +207,7 @@ class Pretraining:
         optimizer = torch.optim.AdamW(
             [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
              {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0}],
-            lr=cfg.optim.lr, betas=(0.9, 0.95),
+            lr=cfg.optim.lr, betas=(0.9, 0.95), **optimizer_options(self.device.type),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg.optim, cfg.train.steps))
         return optimizer, scheduler
@@ -267,10 +268,17 @@ class Pretraining:
             sink.close()
         return {"step": self.step, **last}
 
+    def bf16(self, capability: tuple[int, int] | None = None) -> bool:
+        """bf16 autocast where the GPU computes it natively (compute capability 8.0 and up, as
+        fine-tuning decides it); T4/V100 emulate bf16, slower than fp32; CPUs stay fp32 here."""
+        if self.device.type != "cuda":
+            return False
+        return use_bf16("auto", "cuda", capability or torch.cuda.get_device_capability(self.device))
+
     def _train_step(self) -> torch.Tensor:
         """One optimizer step on a sampled batch; the loss stays on the device (no sync)."""
         batch = self.sampler.sample(self.cfg.train.batch_size)  # (B, block)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16()):
             loss = self.model(input_ids=batch, labels=batch).loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -40,6 +40,7 @@ from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
 from raydt.model.backbone import strip_prefixes
 from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
+from raydt.precision import cpu_has_native_bf16, optimizer_options, use_bf16  # noqa: F401 (re-exported)
 from raydt.prepare import RunData, build_run_model, describe, needs, resolve_run_data, run_tokenizer
 from raydt.pretrain.cache import resolve_backbone
 from raydt.rundir import RunDir
@@ -79,39 +80,6 @@ class RunContext:
     """Where the run is stored (a path or URI), which its tracker id derives from; None: its directory."""
 
 
-def optimizer_options(device_type: str) -> dict[str, Any]:
-    """AdamW's implementation by device: on GPUs the fused kernel (one launch for all
-    parameters); on CPUs PyTorch's default (foreach)."""
-    return {"fused": True} if device_type == "cuda" else {}
-
-
-def use_bf16(precision: str, device_type: str, capability: tuple[int, int] | None = None,
-             cpu_bf16: bool | None = None) -> bool:
-    """Whether ``train.precision`` means bf16 autocast on this device. ``auto``: where the
-    hardware computes bf16 natively: GPUs of compute capability 8.0 and up (A100, A10G, L4,
-    H100; T4 and V100 emulate it, slower than fp32), and CPUs with AVX512-BF16 or AMX
-    (``cpu_bf16``; default: this machine's, :func:`cpu_has_native_bf16`). ``bf16`` forces
-    it, ``fp32`` never uses it."""
-    if precision == "bf16":
-        return True
-    if precision == "fp32":
-        return False
-    if device_type == "cpu":
-        return cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
-    return device_type == "cuda" and capability is not None and capability >= (8, 0)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), read from the kernel's
-    CPU flags; False where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def set_tf32(enabled: bool) -> tuple[str, str] | tuple[bool, bool]:
     """Allow (or forbid) TF32 tensor cores for fp32 matmuls and convolutions on CUDA (10-bit
     mantissa inputs, fp32 accumulation), process-wide; returns the previous setting for
@@ -149,6 +117,25 @@ def exact_fp32() -> Iterator[None]:
         yield
     finally:
         restore_tf32(before)
+
+
+def bound_gpu_memory(share: float, device: torch.device, set_fraction: Callable | None = None) -> bool:
+    """Cap this process's CUDA caching allocator at ``share`` of ``device``'s memory, so
+    trials sharing a GPU (resources.gpus_per_worker < 1) cannot starve each other; returns
+    whether a cap was set. ``set_fraction`` stands in for torch's in CPU tests."""
+    if device.type != "cuda" or share >= 1:
+        return False
+    (set_fraction or torch.cuda.set_per_process_memory_fraction)(share, device)
+    return True
+
+
+def out_of_memory(cfg: ExperimentConfig, exc: BaseException) -> RaydtError:
+    """A CUDA out-of-memory error as what to change: the same run would run out again."""
+    share = cfg.resources.gpus_per_worker
+    where = f"its share of the GPU (resources.gpus_per_worker={share:g})" if share < 1 else "the GPU"
+    return RaydtError(f"the model does not fit in {where} at train.batch_size={cfg.train.batch_size}, "
+                      f"model.size={cfg.model.size}: raise resources.gpus_per_worker, or lower train.batch_size "
+                      f"or data.context_length ({str(exc).splitlines()[0][:160]})")
 
 
 def warmup_schedule(warmup_steps: int) -> Callable[[int], float]:
@@ -261,6 +248,8 @@ class Trainer:
         # First of all: cuBLAS reads its workspace setting once, before any CUDA work.
         set_deterministic(cfg.train.deterministic)
         torch.set_num_threads(cfg.resources.cpus_per_worker)
+        if cfg.resources.use_gpu:
+            bound_gpu_memory(cfg.resources.gpus_per_worker, ctx.device)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} does not split evenly over "
@@ -589,7 +578,10 @@ class Trainer:
                 lambda1, lambda2 = self.lambdas()
                 if self.text is not None and lambda2 == 0 and cfg.loss.lambda_schedule == "linear":
                     self._text_done()  # a linear schedule stays at 0
-                window.add(self.train_step(self.sampler.sample(per_rank), lambda1, lambda2))
+                try:
+                    window.add(self.train_step(self.sampler.sample(per_rank), lambda1, lambda2))
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise out_of_memory(cfg, exc) from None
                 self.step += 1
                 self._keep_checkpoint()
                 at_log = self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps

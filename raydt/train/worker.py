@@ -19,6 +19,10 @@ from raydt.config import ExperimentConfig, config_from_dict, to_dict
 from raydt.errors import EvalTimeout, RaydtError, RunFailed
 from raydt.rundir import CHECKPOINTS, LAST, RAY_TRAIN, RunDir, last_checkpoint_uri
 
+FORCE_CPU = "RAYDT_FORCE_CPU"
+"""Set to 1 (with Ray's nodes declaring GPUs they lack) to test GPU scheduling on CPUs: the
+workers train on the CPU and their process group is gloo."""
+
 
 def worker_context(mirror=None, artifacts=(), tracking: dict | None = None):
     """The :class:`~raydt.train.loop.RunContext` of this Ray Train worker; with a
@@ -26,6 +30,7 @@ def worker_context(mirror=None, artifacts=(), tracking: dict | None = None):
     import ray
     import ray.train
     import ray.train.torch
+    import torch
 
     from raydt.train.loop import RunContext
 
@@ -42,7 +47,8 @@ def worker_context(mirror=None, artifacts=(), tracking: dict | None = None):
     return RunContext(
         rank=rank,
         world_size=context.get_world_size(),
-        device=ray.train.torch.get_device(),
+        # RAYDT_FORCE_CPU: a cluster that declares GPUs it does not have (scheduling tests).
+        device=torch.device("cpu") if os.environ.get(FORCE_CPU) == "1" else ray.train.torch.get_device(),
         report=report,
         log=print if rank == 0 else (lambda _: None),
         node=ray.get_runtime_context().get_node_id(),
@@ -66,6 +72,8 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     if payload.get("offline"):  # a worker on another node: the driver's environment did not reach it
         os.environ[offline.VARIABLE] = "1"
+    if payload.get("force_cpu"):
+        os.environ[FORCE_CPU] = "1"
     offline.apply()
     from raydt.train.loop import Trainer, agree_with_rank0
 
@@ -147,13 +155,13 @@ def scaling_config(config: ExperimentConfig):
     """Ray Train's ``ScalingConfig`` for the ``resources:`` section of a run."""
     from ray.train import ScalingConfig
 
-    from raydt.resources import placement_strategy
+    from raydt.resources import gpus_per_worker, placement_strategy
 
     res = config.resources
     return ScalingConfig(
         num_workers=res.num_workers,
         use_gpu=res.use_gpu,
-        resources_per_worker={"CPU": res.cpus_per_worker} | ({"GPU": 1} if res.use_gpu else {}),
+        resources_per_worker={"CPU": res.cpus_per_worker} | ({"GPU": gpus_per_worker(res)} if res.use_gpu else {}),
         placement_strategy=placement_strategy(res),
     )
 
@@ -164,18 +172,20 @@ def make_trainer(config: ExperimentConfig, run_dir: Path | str, name: str, stora
     (staged on the rank-0 node and uploaded); Ray's own files go under ``storage_path/name``."""
     from ray.train import FailureConfig
     from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from raydt.offline import is_offline
     from raydt.storage import is_uri
 
+    force_cpu = os.environ.get(FORCE_CPU) == "1"
     return TorchTrainer(
         train_loop_per_worker,
+        torch_config=TorchConfig(backend="gloo") if force_cpu else None,
         train_loop_config={"config": to_dict(config), "run_dir": None if is_uri(run_dir) else str(run_dir),
                            "storage": str(run_dir) if is_uri(run_dir) else None, "offline": is_offline(),
                            "prepared": (prepared or Prepared()).to_dict(),
                            # name, group and location of the run for W&B / MLflow (raydt.trackers)
-                           "tracking": tracking},
+                           "tracking": tracking, "force_cpu": force_cpu},
         scaling_config=scaling_config(config),
         run_config=RayRunConfig(
             name=name,

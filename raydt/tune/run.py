@@ -32,6 +32,7 @@ from raydt.fsutil import writable_dir
 from raydt.resources import (
     Capacity,
     ClusterShape,
+    gpus_per_worker,
     load_cluster_file,
     local_shape,
     shape_from_nodes,
@@ -50,7 +51,8 @@ class Plan:
     num_trials: int
     workers_per_trial: int
     cpus_per_worker: int
-    gpus_per_worker: int
+    gpus_per_worker: float
+    """GPUs (or the share of one) each worker asks for; 0 on CPU."""
     cluster: ClusterShape
     """The cluster as it is or can become (the autoscaler's node types where there is one)."""
     concurrency: int
@@ -62,7 +64,9 @@ class Plan:
     def lines(self) -> list[str]:
         trial = f"{self.workers_per_trial} worker(s) × {self.cpus_per_worker} CPU"
         if self.gpus_per_worker:
-            trial += f" + {self.gpus_per_worker} GPU"
+            trial += f" + {self.gpus_per_worker:g} GPU"
+            if self.gpus_per_worker < 1:
+                trial += f" ({_trials_per_gpu(self.gpus_per_worker)} trials per GPU)"
         if self.capacity is not None and self.workers_per_trial > 1:
             trial += f", placement {self.capacity.placement}"
         kind = "autoscaling, " if self.cluster.autoscaling else ""
@@ -84,6 +88,10 @@ class Plan:
         return out
 
 
+def _trials_per_gpu(share: float) -> int:
+    return int(math.floor(1 / share + 1e-9))
+
+
 def plan_sweep(spec: SweepSpec, cluster: ClusterShape | list[dict[str, float]]) -> Plan:
     """Check that a trial fits the cluster (a :class:`ClusterShape`, or a list of node
     resource dicts for a fixed cluster) and work out how many trials can run at once."""
@@ -97,7 +105,7 @@ def plan_sweep(spec: SweepSpec, cluster: ClusterShape | list[dict[str, float]]) 
     concurrency = min(capacity.trials, spec.num_trials)
     if spec.tune.max_concurrent:
         concurrency = min(concurrency, spec.tune.max_concurrent)
-    return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu), shape, concurrency, capacity)
+    return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, gpus_per_worker(res), shape, concurrency, capacity)
 
 
 # --------------------------------------------------------------------------------------
@@ -357,7 +365,7 @@ def run_sweep(
             if cluster_file is not None:
                 raise
             res = spec.base_config().resources
-            return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, int(res.use_gpu), shape, 0,
+            return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, gpus_per_worker(res), shape, 0,
                         note=f"cannot run on this machine ({exc}); run it on a cluster with --address, "
                              "or plan it for a cluster file with --cluster clusters/aws.yaml")
     sweep_file = storage.join(sweep_dir, SWEEP_SPEC)

@@ -162,3 +162,31 @@ def test_objectives_are_logged_and_co_training_lowers_text_loss(tiny_lm, tmp_pat
         # logged λ is the value in force at the last step of each logging window
         assert r["train/lambda1"] == pytest.approx(0.2 * lambda_factor("linear", r["step"] - 1, 20))
     assert rows[-1]["train/lambda2"] == 0.0 and "train/loss_lm" not in rows[-1]
+
+
+def test_text_ids_stay_int32_on_the_device_and_blocks_come_out_int64():
+    import numpy as np
+    import torch
+
+    from raydt.data.text import TextSampler
+
+    ids = np.arange(1000, dtype=np.int64) % 50257
+    sampler = TextSampler(ids, block_size=8, seed=3)
+    assert sampler.ids.dtype == torch.int32  # half of int64's memory on the device
+    block = sampler.sample(4)
+    assert block.dtype == torch.int64 and block.shape == (4, 9)
+    assert all(torch.equal(row, torch.arange(int(row[0]), int(row[0]) + 9)) for row in block)  # contiguous ids
+    assert sampler.fixed_blocks(2).dtype == torch.int64
+
+
+def test_pretraining_uses_bf16_only_where_the_gpu_computes_it_natively():
+    import types
+
+    import torch
+
+    from raydt.pretrain.loop import Pretraining
+
+    fake = types.SimpleNamespace(device=torch.device("cuda", 0))
+    assert Pretraining.bf16(fake, capability=(8, 0)) and Pretraining.bf16(fake, capability=(9, 0))
+    assert not Pretraining.bf16(fake, capability=(7, 0))  # V100: emulated, slower than fp32
+    assert not Pretraining.bf16(types.SimpleNamespace(device=torch.device("cpu")))

@@ -182,3 +182,18 @@ def test_gpus_get_fused_adamw_and_cpus_the_default():
 
     assert optimizer_options("cuda") == {"fused": True}
     assert optimizer_options("cpu") == {}
+
+
+def test_a_shared_gpu_bounds_its_memory_and_names_an_out_of_memory_error():
+    from raydt.train.loop import bound_gpu_memory, out_of_memory
+
+    calls = []
+    assert bound_gpu_memory(0.25, torch.device("cuda", 0), lambda share, device: calls.append((share, device)))
+    assert calls == [(0.25, torch.device("cuda", 0))]
+    assert not bound_gpu_memory(1.0, torch.device("cuda", 0), calls.append)  # a whole GPU: no cap
+    assert not bound_gpu_memory(0.25, torch.device("cpu"), calls.append)
+    assert len(calls) == 1
+    error = out_of_memory(tiny_config("resources.use_gpu=true", "resources.gpus_per_worker=0.25"),
+                          torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "share of the GPU (resources.gpus_per_worker=0.25)" in str(error)
+    assert "raise resources.gpus_per_worker" in str(error) and "Tried to allocate 2.00 GiB" in str(error)

@@ -501,6 +501,27 @@ def _add(raw: RawSpec, delta: Mapping[str, Any], source: str) -> None:
         raw.origins[key] = source
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain
+    YAML keeps the last, so `optim:` written twice silently drops the first section)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(str(key), line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_spec(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
     """Read a spec file and its ``extends:`` parents into one :class:`RawSpec`.
 
@@ -519,9 +540,19 @@ def read_spec(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
         cycle = " → ".join(str(p) for p in (*_chain, resolved))
         raise ConfigError(f"{path}: extends itself through {cycle}; remove one link of the cycle")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); give a YAML spec") from None
+    if not text.strip() or all(line.lstrip().startswith("#") for line in text.splitlines() if line.strip()):
+        raise ConfigError(f"{path} is empty; a spec needs at least one section (or `extends: PARENT.yaml`)")
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}, line {exc.line}: key {exc.key!r} appears twice in one mapping (the second "
+                          f"would silently replace the first, line {exc.first}); keep one") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a spec must be a mapping of sections, got {type(data).__name__}")
     parents = data.pop("extends", None) or []

@@ -19,11 +19,12 @@ made here once, and readers of old directories keep working.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from raydt.errors import DataError, RaydtError
 
 CONFIG = "config.resolved.yaml"
 RUN_INFO = "run_info.json"
+LOCK = ".raydt.lock"
+"""Held by the process writing a run directory (:meth:`RunDir.lock`)."""
 METRICS = "metrics.jsonl"
 TIMING = "timing.json"
 TRIAL_TIMING = "trial_timing.json"
@@ -145,6 +148,33 @@ class RunDir:
         from raydt.sinks import read_metrics
 
         return read_metrics(self.metrics) if self.metrics.exists() else []
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run directory for one writer: a second ``raydt train`` into it (while
+        the first runs) is refused, naming the holder's pid and host, instead of two runs
+        interleaving one metrics file."""
+        import fcntl
+        import os
+        import platform
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RaydtError(f"{self.path} is in use by a run that is still going ({holder}); wait for it to "
+                                 "finish, or give another directory with --out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {platform.node()}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing releases the lock
 
     def read_timing(self) -> dict[str, Any] | None:
         return json.loads(self.timing.read_text()) if self.timing.is_file() else None

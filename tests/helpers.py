@@ -95,15 +95,20 @@ def raydt(*args: str, check: bool = True, cwd: Path = REPO, env: dict | None = N
     return proc
 
 
+def tiny_run_yaml(*leave_out: str) -> str:
+    """:data:`TINY_RUN` as spec lines (``key: value``), without the keys ``leave_out`` names
+    (a spec may give a key once: raydt refuses duplicate keys)."""
+    items = (item.split("=", 1) for item in TINY_RUN)
+    return "\n".join(f"{k}: {v!r}" if ":" in v else f"{k}: {v}" for k, v in items if k not in leave_out)
+
+
 def tiny_sweep(tmp_path: Path, seeds: int, steps: int = 8, extra: str = "") -> Path:
     """A grid sweep over ``seeds`` seeds of the tiny run, written to ``tmp_path/tiny.yaml``."""
-    run = "\n".join(f"{k}: {v!r}" if not isinstance(v, str) or ":" in v else f"{k}: {v}"
-                    for k, v in (item.split("=", 1) for item in TINY_RUN))
+    run = tiny_run_yaml("train.steps")
     text = f"""\
 extends: {RUN_SPEC}
 {run}
 train.steps: {steps}
-resources.cpus_per_worker: 1
 search:
   train.seed: {{grid: {list(range(seeds))}}}
 tune:

@@ -219,3 +219,22 @@ def test_dt_atari_recipe_resolves_to_the_released_values():
     assert (atari.data.context_length, atari.train.batch_size, atari.data.reward_scale) == (30, 128, 1.0)
     with pytest.raises(ConfigError, match="optim.betas.*2 × a number"):
         load_config(REPO / "tune_specs/base/dt_atari.yaml", ["optim.betas=[0.9]"])
+
+
+def test_duplicate_keys_empty_and_binary_specs_are_refused_by_line(tmp_path):
+    from raydt.config import load_config
+    from raydt.errors import ConfigError
+
+    spec = tmp_path / "dup.yaml"
+    spec.write_text("optim:\n  lr: 3.0e-4\ntrain:\n  steps: 10\noptim:\n  warmup_steps: 5\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml, line 5: key 'optim' appears twice.*line 1"):
+        load_config(spec)
+    spec.write_text("optim: {lr: 3.0e-4, lr: 1.0e-3}\n")
+    with pytest.raises(ConfigError, match="line 1: key 'lr' appears twice"):
+        load_config(spec)
+    spec.write_text("# nothing but a comment\n\n")
+    with pytest.raises(ConfigError, match="dup.yaml is empty"):
+        load_config(spec)
+    spec.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(spec)

@@ -10,7 +10,7 @@ from typing import Any
 from raydt import storage
 from raydt.config import ExperimentConfig
 from raydt.errors import RaydtError, RunFailed
-from raydt.rundir import METRICS, RunDir, last_checkpoint_uri
+from raydt.rundir import CONFIG, METRICS, SWEEP_SPEC, RunDir, last_checkpoint_uri
 
 
 def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool) -> None:
@@ -29,6 +29,10 @@ def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool) -> None:
             storage.remove(uri)
         return
     run = RunDir(Path(run_dir))
+    others = [p.parent.name for p in sorted(Path(run_dir).glob(f"*/{CONFIG}"))]
+    if (Path(run_dir) / SWEEP_SPEC).is_file() or others:
+        what = "a sweep (sweep.yaml)" if (Path(run_dir) / SWEEP_SPEC).is_file() else f"other runs ({', '.join(others[:3])})"
+        raise RaydtError(f"{run_dir} holds {what}; a run needs a directory of its own: give another --out")
     if resume:
         if not run.last.exists():
             raise RaydtError(f"--resume: {run_dir} holds no checkpoint ({run.last.relative_to(run_dir)}); "
@@ -71,37 +75,41 @@ def run_training(
     from raydt.trackers import check_trackers
 
     check_trackers(config.log, remote_storage=remote)  # W&B / MLflow installed and set up
-    prepare_run_dir(run_dir, resume, overwrite)
-    if config.resources.use_gpu:
-        import torch
+    import contextlib
 
-        if not use_ray and not torch.cuda.is_available():
-            raise RaydtError("resources.use_gpu=true but no CUDA device is visible; set resources.use_gpu=false")
-    if not use_ray:
-        if config.resources.num_workers > 1:
-            raise RaydtError(
-                f"resources.num_workers={config.resources.num_workers} needs Ray Train; "
-                "drop --no-ray or set resources.num_workers=1"
-            )
-        import torch
+    # One writer per run directory, from the check of what it holds to the end of the run.
+    with contextlib.nullcontext() if remote else RunDir(Path(run_dir)).lock():
+        prepare_run_dir(run_dir, resume, overwrite)
+        if config.resources.use_gpu:
+            import torch
 
-        artifacts = prepare_runs([config], None, log=log)  # datasets, backbone, centres, text: made once here
-        device = torch.device("cuda" if config.resources.use_gpu else "cpu")
-        return fit(config, Path(run_dir), RunContext(device=device, log=log, artifacts=artifacts), resume=resume,
-                   stop_after=stop_after)
-    if address is None:  # a local Ray gets this machine: check before starting it
-        from raydt.resources import local_nodes, trial_capacity
+            if not use_ray and not torch.cuda.is_available():
+                raise RaydtError("resources.use_gpu=true but no CUDA device is visible; set resources.use_gpu=false")
+        if not use_ray:
+            if config.resources.num_workers > 1:
+                raise RaydtError(
+                    f"resources.num_workers={config.resources.num_workers} needs Ray Train; "
+                    "drop --no-ray or set resources.num_workers=1"
+                )
+            import torch
 
-        trial_capacity(config.resources, local_nodes(), "resources")
-    # Built once here, published where every node can pull it (a URI run's storage, or
-    # $RAYDT_ARTIFACTS), so no worker generates data or pre-trains on its own node.
-    store = store_for(storage.parent(str(run_dir)) if remote else None)
-    artifacts = prepare_runs([config], store, log=log)
-    from raydt.train.worker import run_with_ray
+            artifacts = prepare_runs([config], None, log=log)  # datasets, backbone, centres, text: made once here
+            device = torch.device("cuda" if config.resources.use_gpu else "cpu")
+            return fit(config, Path(run_dir), RunContext(device=device, log=log, artifacts=artifacts), resume=resume,
+                       stop_after=stop_after)
+        if address is None:  # a local Ray gets this machine: check before starting it
+            from raydt.resources import local_nodes, trial_capacity
 
-    run_with_ray(config, run_dir, address=address, prepared=Prepared(tuple(artifacts), store.location if store else None))
-    # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
-    return results_of(run_dir)
+            trial_capacity(config.resources, local_nodes(), "resources")
+        # Built once here, published where every node can pull it (a URI run's storage, or
+        # $RAYDT_ARTIFACTS), so no worker generates data or pre-trains on its own node.
+        store = store_for(storage.parent(str(run_dir)) if remote else None)
+        artifacts = prepare_runs([config], store, log=log)
+        from raydt.train.worker import run_with_ray
+
+        run_with_ray(config, run_dir, address=address, prepared=Prepared(tuple(artifacts), store.location if store else None))
+        # Ray's result carries metrics only with checkpoints it holds; the run's own log is the record.
+        return results_of(run_dir)
 
 
 def results_of(run_dir: Path | str) -> dict[str, Any]:

@@ -228,3 +228,26 @@ def test_train_deterministic_sets_the_process_wide_switches_and_a_run_trains_und
         assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
     finally:
         restore_deterministic(before)
+
+
+def test_a_run_directory_in_use_or_holding_a_sweep_is_refused(tmp_path):
+    import os
+    import platform
+
+    from raydt.rundir import RunDir
+
+    run = tmp_path / "twin"
+    with RunDir(run).lock():  # a first `raydt train --out twin` still running
+        with pytest.raises(RaydtError, match=f"in use by a run that is still going \\(pid {os.getpid()} on "
+                                             f"{platform.node()}\\)"):
+            run_training(tiny_config(), run, use_ray=False, log=lambda _: None)
+    assert not (run / "metrics.jsonl").exists()
+    run_training(tiny_config("train.steps=4"), run, use_ray=False, log=lambda _: None)  # free again
+    sweep = tmp_path / "sweep"
+    (sweep / "trial_00000").mkdir(parents=True)
+    (sweep / "trial_00000" / "config.resolved.yaml").write_text("{}")
+    with pytest.raises(RaydtError, match="holds other runs \\(trial_00000\\)"):
+        run_training(tiny_config(), sweep, use_ray=False, log=lambda _: None)
+    (sweep / "sweep.yaml").write_text("{}")
+    with pytest.raises(RaydtError, match="holds a sweep \\(sweep.yaml\\)"):
+        run_training(tiny_config(), sweep, use_ray=False, log=lambda _: None)

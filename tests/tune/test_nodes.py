@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, TINY_PRETRAIN, TINY_RUN, eval_steps, kill_processes_with_env, raydt
+from tests.helpers import (
+    REPO,
+    TINY_PRETRAIN,
+    TINY_RUN,
+    eval_steps,
+    kill_processes_with_env,
+    raydt,
+    tiny_run_yaml,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -83,7 +91,7 @@ def _pids_working_under(root: Path) -> list[int]:
 
 def _spec(tmp_path: Path, bucket: str) -> Path:
     (tmp_path / "lm.yaml").write_text(TINY_PRETRAIN)
-    run = "\n".join(f"{k}: {v!r}" if ":" in v else f"{k}: {v}" for k, v in (i.split("=", 1) for i in TINY_RUN))
+    run = tiny_run_yaml("train.steps")
     spec = tmp_path / "nodes.yaml"
     spec.write_text(f"""\
 extends: {REPO / 'tune_specs/runs/hopper_medium_dt.yaml'}

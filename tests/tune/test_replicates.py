@@ -245,10 +245,9 @@ def test_an_optuna_search_with_replicates_persists_its_study_across_a_lost_drive
 
     from raydt.cli import main
     from raydt.tune.replicates import open_study, study_points
-    from tests.helpers import REPO, TINY_RUN, eval_steps, raydt_sweep, wait_for
+    from tests.helpers import REPO, eval_steps, raydt_sweep, tiny_run_yaml, wait_for
 
-    run = "\n".join(f"{k}: {v!r}" if ":" in v else f"{k}: {v}" for k, v in (i.split("=", 1) for i in TINY_RUN)
-                    if not k.startswith("data.dataset"))
+    run = tiny_run_yaml("data.dataset", "train.steps")
     spec_path = tmp_path / "search.yaml"
     spec_path.write_text(f"""\
 extends: {REPO / 'tune_specs/optuna_cpu.yaml'}

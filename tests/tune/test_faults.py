@@ -97,8 +97,8 @@ def test_a_diverged_trial_fails_once_and_the_sweep_says_so(tmp_path, capsys):
 
     # Two trials; the second's learning rate makes its loss NaN within the first window.
     spec = tiny_sweep(tmp_path, seeds=1, steps=8)
-    spec.write_text(spec.read_text().replace(
-        "search:\n", "optim.warmup_steps: 0\noptim.grad_clip: 0\nresources.max_failures: 3\n"
+    spec.write_text(spec.read_text().replace("optim.warmup_steps: 4", "optim.warmup_steps: 0").replace(
+        "search:\n", "optim.grad_clip: 0\nresources.max_failures: 3\n"
                      "search:\n  optim.lr: {grid: [0.0001, 1.0e+30]}\n"))
     proc = raydt_sweep(str(spec))
     out, err = proc.communicate(timeout=600)

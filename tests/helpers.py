@@ -173,6 +173,26 @@ def ray_processes(marker: str) -> list[int]:
     return pids_where("cmdline", lambda fields: marker.encode() in b" ".join(fields))
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a Ray head a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_processes_under(root: Path) -> None:
+    """SIGKILL every process whose working directory is under ``root``: Ray's agents retitle
+    themselves and drop a test's environment tag, but keep their node's directory."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(root):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:  # gone already, or not ours
+            continue
+
+
 def kill_processes_with_env(name: str, value: str) -> list[int]:
     """SIGKILL every process whose environment holds ``name=value``; returns their pids."""
     wanted = f"{name}={value}".encode()

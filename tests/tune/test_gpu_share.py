@@ -6,30 +6,29 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, eval_steps, kill_processes_with_env, raydt, tiny_sweep
+from tests.helpers import (
+    REPO,
+    eval_steps,
+    free_port,
+    kill_processes_under,
+    kill_processes_with_env,
+    raydt,
+    tiny_sweep,
+)
 
 pytestmark = pytest.mark.ray
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_four_quarter_gpu_trials_share_one_gpu(tmp_path):
     tag = ("RAYDT_TEST_CLUSTER", str(tmp_path))
     env = dict(os.environ, RAYDT_FORCE_CPU="1", RAY_AUTH_MODE="disabled", PYTHONPATH=str(REPO), **dict([tag]))
-    port = _free_port()
+    port = free_port()
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
     started = subprocess.run(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=4",
@@ -55,9 +54,4 @@ def test_four_quarter_gpu_trials_share_one_gpu(tmp_path):
             assert eval_steps(trial) == list(range(4, 41, 4))
     finally:
         kill_processes_with_env(*tag)
-        for entry in Path("/proc").iterdir():  # Ray's agents drop the tag; they keep the working directory
-            try:
-                if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(tmp_path):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                continue
+        kill_processes_under(tmp_path)  # Ray's agents drop the tag

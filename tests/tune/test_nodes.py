@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +19,8 @@ from tests.helpers import (
     TINY_PRETRAIN,
     TINY_RUN,
     eval_steps,
+    free_port,
+    kill_processes_under,
     kill_processes_with_env,
     raydt,
     tiny_run_yaml,
@@ -33,12 +33,6 @@ AUTH_OFF = {"RAY_AUTH_MODE": "disabled"}
 cluster on this machine may have written it); these nodes join without one."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def separate_nodes(tmp_path_factory):
     """A 0-CPU head and two 1-CPU worker nodes, each with its own data, temp and working
@@ -47,7 +41,7 @@ def separate_nodes(tmp_path_factory):
     tag = ("RAYDT_TEST_CLUSTER", str(root))
     # Ray's socket paths live under the temp dir and must stay short (108 bytes on Linux).
     temps = [Path(tempfile.mkdtemp(prefix="rt", dir="/tmp")) for _ in range(3)]
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     ray = [sys.executable, "-m", "ray.scripts.scripts", "start", "--disable-usage-stats"]
     data: dict[str, Path] = {}
@@ -62,31 +56,15 @@ def separate_nodes(tmp_path_factory):
             data[name].mkdir(parents=True)
             env = dict(os.environ, RAYDT_DATA_DIR=str(data[name]), PYTHONPATH=str(REPO), **AUTH_OFF, **dict([tag]))
             started = subprocess.run(
-                [*ray, *args, f"--temp-dir={temps[i]}", f"--dashboard-agent-listen-port={_free_port()}",
-                 f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-                 f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
+                [*ray, *args, f"--temp-dir={temps[i]}", f"--dashboard-agent-listen-port={free_port()}",
+                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
                 cwd=workdir, env=env, capture_output=True, text=True)
             assert started.returncode == 0, started.stderr[-3000:]
         yield address, data
     finally:
         kill_processes_with_env(*tag)
-        # Ray's agents retitle themselves and drop the tag; they keep their node's directory.
-        for pid in _pids_working_under(root):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _pids_working_under(root: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(root):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+        kill_processes_under(root)  # Ray's agents drop the tag
 
 
 def _spec(tmp_path: Path, bucket: str) -> Path:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,58 @@ def kill_processes_with_env(name: str, value: str) -> list[int]:
         except ProcessLookupError:
             continue
     return killed
+
+
+# --------------------------------------------------------------------------------------
+# Host syncs, counted on the CPU
+
+
+class HostReads:
+    """What :func:`host_reads` saw: one name per read of a tensor's values by Python."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def count(self, name: str) -> int:
+        return self.calls.count(name)
+
+
+def _is_mask_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool and i.dim() > 0 for i in items)
+
+
+@contextmanager
+def host_reads():
+    """Count every way Python code reads a tensor's values on the host, each of which is a
+    device→host sync on a GPU: ``bool()``/``int()``/``float()`` of a tensor, ``.item()``,
+    ``.tolist()``, ``.numpy()``, ``.cpu()``, ``.nonzero()``, indexing by a boolean mask
+    (its size is known only after a sync) and ``torch.cuda.synchronize()``. On a CPU this
+    measures the mechanism a GPU run pays for."""
+    seen = HostReads()
+    patched = {}
+
+    def wrap(owner, name, *, when=None):
+        original = getattr(owner, name)
+        patched[(owner, name)] = original
+
+        def counting(*args, **kwargs):
+            if when is None or when(*args, **kwargs):
+                seen.calls.append(name)
+            return original(*args, **kwargs)
+
+        setattr(owner, name, counting)
+
+    for name in ("__bool__", "__int__", "__float__", "item", "tolist", "numpy", "cpu", "nonzero"):
+        wrap(torch.Tensor, name)
+    wrap(torch.Tensor, "__getitem__", when=lambda _self, index: _is_mask_index(index))
+    wrap(torch.Tensor, "__setitem__", when=lambda _self, index, _value: _is_mask_index(index))
+    wrap(torch.cuda, "synchronize")
+    try:
+        yield seen
+    finally:
+        for (owner, name), original in patched.items():
+            setattr(owner, name, original)

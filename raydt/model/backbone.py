@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import torch
@@ -101,8 +102,6 @@ class Backbone(nn.Module):
     """A Hugging Face transformer (``self.hf``) behind raydt's backbone interface."""
 
     kind = "auto"
-    prebuilt_mask = True
-    """Whether the model takes a ready (B, 1, T, T) mask (transformers' masking utilities)."""
 
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
@@ -149,7 +148,7 @@ class Backbone(nn.Module):
 
     def _run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **options: Any) -> Any:
         """The Hugging Face model's output on trajectory tokens (``options``: output_attentions)."""
-        implementation = getattr(self.config, "_attn_implementation", None) if self.prebuilt_mask else None
+        implementation = getattr(self.config, "_attn_implementation", None)
         mask = attention_mask_4d(attention_mask, inputs_embeds.dtype, implementation)
         return self.hf(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False, **options)
 
@@ -252,7 +251,25 @@ class ImageGPTBackbone(GPT2Backbone):
     """ImageGPT: GPT-2's layout with its own (bias-free) LayerNorm, kept as it is."""
 
     kind = "imagegpt"
-    prebuilt_mask = False  # its attention predates transformers' masking utilities: (B, T) only
+
+    def _run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **options: Any) -> Any:
+        # ImageGPTModel flattens any mask it is given to (B, T) and rebuilds the causal mask
+        # with a host check of the padding on every forward. Its blocks take an additive
+        # (B, 1, T, T) mask as they are, so the trajectory path runs the model's own pieces
+        # (positions, embedding dropout, blocks, final norm) in its order around them.
+        hf = self.hf
+        output_attentions = bool(options.get("output_attentions", False))
+        t = inputs_embeds.shape[1]
+        mask = attention_mask_4d(attention_mask, inputs_embeds.dtype, "eager")  # (B, 1, T, T) additive
+        positions = hf.wpe(torch.arange(t, device=inputs_embeds.device))  # (T, D): zeros unless kept
+        hidden = hf.drop(inputs_embeds + positions)  # (B, T, D)
+        attentions = []
+        for block in hf.h:
+            out = block(hidden, attention_mask=mask, use_cache=False, output_attentions=output_attentions)
+            hidden = out[0]
+            if output_attentions:
+                attentions.append(out[1])
+        return SimpleNamespace(last_hidden_state=hf.ln_f(hidden), attentions=tuple(attentions))
 
 
 class CLIPTextBackbone(Backbone):
@@ -282,12 +299,18 @@ class CLIPTextBackbone(Backbone):
         return self.hf.final_layer_norm(self._run(inputs_embeds, attention_mask).last_hidden_state)
 
     def _run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **options: Any) -> Any:
-        from transformers.masking_utils import create_causal_mask
+        implementation = getattr(self.config, "_attn_implementation", None)
+        if implementation in ("sdpa", "eager"):
+            # The encoder hands its mask to the attention kernel as it is: a prebuilt one
+            # spares create_causal_mask's host check of the padding on every forward.
+            mask = attention_mask_4d(attention_mask, inputs_embeds.dtype, implementation)  # (B, 1, T, T)
+        else:
+            from transformers.masking_utils import create_causal_mask
 
-        mask = create_causal_mask(
-            config=self.config, inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask.long(), past_key_values=None,
-        )
+            mask = create_causal_mask(
+                config=self.config, inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask.long(), cache=None,
+            )
         return self.hf.encoder(inputs_embeds=inputs_embeds, attention_mask=mask, is_causal=True, **options)
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from raydt.errors import ConfigError
 from raydt.model.backbone import build_backbone
 from raydt.model.build import build_model
 from raydt.model.dt import ModelArgs, extend_table, rebuild_model
-from tests.helpers import random_batch
+from tests.helpers import host_reads, random_batch
 
 D = 32
 
@@ -215,22 +215,56 @@ def test_every_trainable_parameter_gets_a_gradient_from_trajectories(tmp_path, n
     assert idle == []
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def _hugging_faces_own(backbone, x, mask):
+    """The backbone's hidden states as its Hugging Face model computes them from a (B, T) mask."""
+    if backbone.kind == "clip":  # trajectories enter the encoder; HF's mask builder as before
+        from transformers.masking_utils import create_causal_mask
+
+        built = create_causal_mask(config=backbone.config, inputs_embeds=x, attention_mask=mask.long(), cache=None)
+        hidden = backbone.hf.encoder(inputs_embeds=x, attention_mask=built, is_causal=True)
+        return backbone.hf.final_layer_norm(hidden.last_hidden_state)
+    return backbone.hf(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
+
+
+def _padded_batch():
+    x = torch.randn(3, 12, D)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, :3] = False  # left padding, as the sampler pads
+    mask[2, :7] = False
+    return x, mask
+
+
+@pytest.mark.parametrize(("name", "implementation"), [
+    (name, implementation) for name in ["gpt2", "imagegpt", "clip", "llama", "neox"]
+    for implementation in ["sdpa", "eager"] if (name, implementation) != ("imagegpt", "sdpa")
+])
 def test_the_prebuilt_4d_mask_gives_hugging_faces_own_outputs(tmp_path, name, implementation):
     from raydt.model.backbone import attention_mask_4d
 
     model, _ = build_model(ModelConfig(backbone=str(save_tiny(name, tmp_path)), dropout=0.0), 5, 2, 6, 100,
                            log=lambda _: None)
     backbone = model.backbone.eval()
+    if name == "imagegpt":  # its attention has one kernel, which adds the mask to its scores
+        assert backbone.hf.config._attn_implementation == "eager"
     backbone.hf.config._attn_implementation = implementation
-    x = torch.randn(3, 12, D)
-    mask = torch.ones(3, 12, dtype=torch.bool)
-    mask[1, :3] = False  # left padding, as the sampler pads
-    mask[2, :7] = False
+    x, mask = _padded_batch()
     with torch.no_grad():
         ours = backbone(x, mask)
-        theirs = backbone.hf(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state  # HF builds the mask
+        theirs = _hugging_faces_own(backbone, x, mask)
     torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-5, rtol=1e-5)  # every real token
     assert torch.isfinite(ours).all()  # padded queries see themselves: no empty softmax rows
     assert attention_mask_4d(mask, torch.float32, "flash_attention_2").shape == (3, 12)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "imagegpt", "clip", "llama", "neox"])
+def test_a_backbone_forward_never_reads_the_mask_on_the_host(tmp_path, name):
+    # Given a (B, T) mask, transformers checks `mask.all()` on the host every forward to
+    # pick a kernel: on a GPU, a sync per training step and per rollout step.
+    model, _ = build_model(ModelConfig(backbone=str(save_tiny(name, tmp_path))), 5, 2, 6, 100, log=lambda _: None)
+    x, mask = _padded_batch()
+    with host_reads() as reads:
+        model.backbone(x, mask).sum().backward()
+    assert reads.calls == []
+    with host_reads() as reads:  # the wiring check: HF's own mask building is caught
+        _hugging_faces_own(model.backbone, x, mask)
+    assert len(reads) > 0

@@ -22,6 +22,24 @@ from raydt.model.dt import DecisionTransformer
 from raydt.model.inference import ActionPolicy
 
 
+class Staging:
+    """One host buffer reused for every step's upload, pinned on CUDA so that the copy to
+    the device is asynchronous (a pageable copy waits for the device to drain first).
+
+    Reusing it is safe: each step reads its actions back after this copy, and that read
+    waits for the copy, so the host never rewrites the buffer while a copy reads it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.device = device
+        self.host = torch.empty(shape, dtype=dtype, pin_memory=device.type == "cuda")
+        """The buffer the host fills; rows past a step's count are stale."""
+
+    def upload(self, rows: int) -> torch.Tensor:
+        """The first ``rows`` rows on the device (on a CPU: the buffer itself, read at once)."""
+        return self.host[:rows].to(self.device, non_blocking=True)
+
+
 @dataclass
 class RolloutResult:
     """Outcome of the episodes of one target return."""
@@ -72,41 +90,47 @@ def rollout(
 
     returns = np.zeros(n)
     lengths = np.zeros(n, dtype=np.int64)
-    remaining = torch.full((n,), float(target_return) * reward_scale, dtype=dtype, device=device)  # (N,)
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    remaining = np.full(n, float(target_return) * reward_scale, dtype=np_dtype)  # (N,) scaled, on the host
     obs = np.stack([env.reset(seed=int(seed))[0] for env, seed in zip(envs, seeds)])  # (N, obs)
-    live = torch.arange(n, device=device)  # (L,) the episodes still running, ascending
+    # Which episodes still run is known on the host (the simulators say so): the device
+    # index is rebuilt only when one ends, and nothing per step asks the device for it.
+    ids = np.arange(n)  # (L,) the episodes still running, ascending
+    live = torch.arange(n, device=device)  # (L,) the same, on the device
+    staging = Staging((n, obs_dim + 1), dtype, device)  # a step's states and returns-to-go
     was_training = model.training
     model.eval()
     policy = ActionPolicy(model, rows_hint=n * 3 * k)  # packed weights on CPUs, the next action only
     try:
         for t in range(horizon):
             i = k - 1 + t
-            ids = live.tolist()
-            states[live, i] = (torch.as_tensor(obs[ids], dtype=dtype, device=device) - mean) / std
-            rtg[live, i, 0] = remaining[live]
+            rows = len(ids)
+            staging.host[:rows, :obs_dim] = torch.from_numpy(obs[ids])
+            staging.host[:rows, obs_dim] = torch.from_numpy(remaining[ids])
+            step = staging.upload(rows)  # (L, obs + 1)
+            states[live, i] = (step[:, :obs_dim] - mean) / std
+            rtg[live, i, 0] = step[:, obs_dim]
             actions[live, i] = 0.0  # placeholder: a_t's token comes after s_t and is never seen
-            mask = (positions >= k - 1 - t).expand(len(ids), k)  # (L, K): False before the first step
+            mask = (positions >= k - 1 - t).expand(rows, k)  # (L, K): False before the first step
             window = slice(t, t + k)
             pred = policy(
                 states[live, window], actions[live, window], rtg[live, window], timesteps[live, window], mask
             )  # (L, act): the action for step t of each live episode
             actions[live, i] = pred
-            taken = pred.float().cpu().numpy().astype(np.float64)
-            reward = np.zeros(len(ids))
-            ended = []
+            taken = pred.float().cpu().numpy().astype(np.float64)  # the step's one device→host copy
+            reward = np.zeros(rows)
+            ended = np.zeros(rows, dtype=bool)
             for row, j in enumerate(ids):
                 obs[j], reward[row], terminated, truncated, _ = envs[j].step(taken[row])
-                if terminated or truncated:
-                    ended.append(row)
+                ended[row] = terminated or truncated
             returns[ids] += reward
             lengths[ids] += 1
-            remaining[live] -= torch.as_tensor(reward, dtype=dtype, device=device) * reward_scale
-            if ended:  # compact: finished episodes leave the batch
-                keep = torch.ones(len(ids), dtype=torch.bool)
-                keep[ended] = False
-                live = live[keep.to(device)]
-                if len(live) == 0:
+            remaining[ids] -= (reward * reward_scale).astype(np_dtype)
+            if ended.any():  # compact: finished episodes leave the batch
+                ids = ids[~ended]
+                if len(ids) == 0:
                     break
+                live = torch.from_numpy(ids).to(device)
     finally:
         model.train(was_training)
         for env in envs:

@@ -6,7 +6,7 @@ import torch
 
 from raydt.eval.protocol import EvalTask, evaluate
 from raydt.eval.rollout import rollout
-from tests.helpers import tiny_model
+from tests.helpers import host_reads, tiny_model
 
 
 def lively_model(obs_dim, act_dim, k=4):
@@ -73,3 +73,93 @@ def test_rollout_actions_match_a_naive_unpadded_replay():
             actions[-1] = action
             obs, reward, *_ = env.step(action.astype(np.float32).astype(np.float64))
             remaining -= reward * 1e-3
+
+
+def test_a_rollout_step_reads_the_device_once_whatever_ends():
+    # On a GPU each read of a device tensor's values waits for the device: the rollout reads
+    # the step's actions and nothing else, also at the steps where episodes end.
+    model = lively_model(11, 3)
+    with host_reads() as reads:
+        res = rollout(model, "Hopper-v4", 3600, [11, 12, 13, 14, 15], np.zeros(11), np.ones(11), 1e-3)
+    assert len(set(res.lengths.tolist())) > 1  # episodes left the batch at different steps
+    steps = int(res.lengths.max())
+    assert reads.count("cpu") == steps + 1  # each step's actions, and the actions taken at the end
+    assert [c for c in reads.calls if c not in ("cpu", "numpy")] == []
+
+
+def test_the_staging_buffer_is_reused_and_pinned_only_for_cuda():
+    from raydt.eval.rollout import Staging
+
+    staging = Staging((4, 3), torch.float32, torch.device("cpu"))
+    staging.host[:2] = torch.ones(2, 3)
+    first = staging.upload(2)
+    assert first.shape == (2, 3) and not staging.host.is_pinned()
+    staging.host[:3] = 2.0
+    assert staging.upload(3).data_ptr() == first.data_ptr() == staging.host.data_ptr()  # no new host memory
+
+
+class _ShortGame:
+    """A stand-in Atari game whose episodes end after a seed-dependent number of steps, with
+    frames that depend on the seed, the step and the actions taken."""
+
+    def __init__(self, _game):
+        self.seed, self.t, self.total = 0, 0, 0
+
+    def reset(self, seed):
+        self.seed, self.t, self.total = seed, 0, 0
+        return self._frame(), {}
+
+    def _frame(self):
+        rng = np.random.default_rng([self.seed, self.t, self.total])
+        return rng.integers(0, 255, (84, 84), dtype=np.uint8)
+
+    def step(self, action):
+        self.t += 1
+        self.total += int(action)
+        return self._frame(), float(action % 2), self.t >= 3 + self.seed % 7, False, {}
+
+    def close(self):
+        pass
+
+
+PONG = "ALE/Pong-v5"
+
+
+def _atari_model():
+    from raydt.model.build import build_model
+    from tests.helpers import TINY_MODEL
+
+    torch.manual_seed(0)
+    model, _ = build_model(TINY_MODEL, 0, 6, 4, 100, log=lambda _: None, discrete_actions=True, frame_stack=4)
+    return model.double()
+
+
+def test_atari_rollout_drops_finished_games_and_each_game_plays_as_alone(monkeypatch):
+    from raydt.eval import atari_rollout as module
+
+    monkeypatch.setattr(module, "make_atari_env", _ShortGame)
+    model = _atari_model()
+    rows = []
+    model.predict_action.register_forward_hook(lambda _m, inputs, _o: rows.append(inputs[0].shape[0]))
+    seeds = [1, 4, 5, 9]  # games of 4, 7, 8 and 5 steps
+    with host_reads() as reads:
+        together = module.atari_rollout(model, PONG, 20, seeds, 1.0)
+    assert together.lengths.tolist() == [4, 7, 8, 5]
+    assert rows == [4, 4, 4, 4, 3, 2, 2, 1]  # the model sees the games still running only
+    assert reads.count("cpu") == 8 and [c for c in reads.calls if c not in ("cpu", "numpy")] == []
+    for i, seed in enumerate(seeds):
+        alone = module.atari_rollout(model, PONG, 20, [seed], 1.0)
+        assert alone.returns[0] == together.returns[i]
+        np.testing.assert_array_equal(alone.actions[0], together.actions[i, : together.lengths[i]])
+
+
+def test_actions_are_drawn_from_the_softmax_by_inverse_cdf():
+    from raydt.eval.atari_rollout import sample_categorical
+
+    logits = torch.log(torch.tensor([0.2, 0.3, 0.5, 0.0]))  # the last action has probability 0
+    u = torch.tensor([0.0, 0.1, 0.2, 0.49, 0.5, 0.999999])
+    chosen = sample_categorical(logits.expand(len(u), 4), u)
+    assert chosen.tolist() == [0, 0, 1, 1, 2, 2]
+    grid = (torch.arange(100_000) + 0.5) / 100_000  # evenly spread draws: frequencies = probabilities
+    counts = torch.bincount(sample_categorical(logits.expand(len(grid), 4), grid), minlength=4)
+    torch.testing.assert_close(counts / len(grid), torch.tensor([0.2, 0.3, 0.5, 0.0]), atol=1e-4, rtol=0)

@@ -156,13 +156,14 @@ class AtariTrajectories:
     def num_episodes(self) -> int:
         return int(len(self.lengths))
 
-    def stacked(self, index: np.ndarray) -> np.ndarray:
+    def stacked(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """States of transitions ``index`` (B,): (B, 4, 84, 84) uint8, frames t−3 … t of the
-        same episode, zeros before its start (what Dopamine's padding gives)."""
+        same episode, zeros before its start (what Dopamine's padding gives); written into
+        ``out`` when given (a reused host buffer)."""
         index = np.asarray(index, dtype=np.int64)
         frames = index[:, None] + np.arange(1 - STACK, 1)  # (B, 4)
         inside = frames >= self.episode_start[index][:, None]  # (B, 4)
-        out = self.frames[np.where(inside, frames, 0)]  # (B, 4, 84, 84)
+        out = np.take(self.frames, np.where(inside, frames, 0), axis=0, out=out, mode="clip")  # (B, 4, 84, 84); ids are in range
         out[~inside] = 0
         return out
 

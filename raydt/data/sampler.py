@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from raydt.data.dqn_replay import STACK
+from raydt.data.feed import CudaCopies, Feeder, HostCopies, Sent, copies_for
 from raydt.data.trajectories import Trajectories
 
 ACTION_PAD = -10.0
@@ -116,13 +118,16 @@ class FrameWindowSampler:
     """
 
     def __init__(self, traj, context_length: int, reward_scale: float = 1.0,
-                 device: str | torch.device = "cpu", seed: int = 0, prefetch: bool | None = None) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0, prefetch: bool | None = None,
+                 copies: CudaCopies | HostCopies | None = None) -> None:
         self.traj, self.context_length, self.reward_scale = traj, context_length, reward_scale
         self.device = torch.device(device)
         # A batch is ~100 MB of frames built on the host: on a GPU, the next one is built
-        # (into pinned memory, copied without blocking) while the device runs this step.
+        # (into a reused page-locked buffer, copied on a side stream) while the device runs
+        # this step. ``copies``: the device half of that (tests pass their own).
         self.prefetch = self.device.type == "cuda" if prefetch is None else prefetch
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="raydt-frames") if self.prefetch else None
+        self._feeder = Feeder(copies or copies_for(self.device)) if self.prefetch else None
         self._ahead: tuple[Future, torch.Tensor, torch.Tensor, int] | None = None
         """The batch drawn ahead: (its future, generator state before and after its draw, size)."""
         self.num_steps = traj.num_steps
@@ -140,8 +145,11 @@ class FrameWindowSampler:
         if ahead is None or ahead[3] != batch_size or not torch.equal(ahead[2], self.generator.get_state()):
             if ahead is not None and torch.equal(ahead[2], self.generator.get_state()):
                 self.generator.set_state(ahead[1])  # another size: undo the unused draw
+            if ahead is not None:
+                ahead[0].result()  # its slot is the feeder's: let its copy be issued in order
             ahead = self._draw_ahead(batch_size)
-        batch = ahead[0].result()
+        assert self._feeder is not None
+        batch = Batch(**self._feeder.receive(ahead[0].result()))
         self._ahead = self._draw_ahead(batch_size)
         return batch
 
@@ -159,25 +167,39 @@ class FrameWindowSampler:
         before = self.generator.get_state()
         first = self._draw(batch_size)  # drawn here, in order: the stream never depends on timing
         assert self._pool is not None
-        return self._pool.submit(self.windows, first), before, self.generator.get_state(), batch_size
+        return self._pool.submit(self._send, first), before, self.generator.get_state(), batch_size
+
+    def _layout(self, b: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        k, frames = self.context_length, self.traj.frames.shape[1:]
+        return {"returns_to_go": ((b, k, 1), torch.float32), "states": ((b, k, STACK, *frames), torch.uint8),
+                "actions": ((b, k), torch.int64), "timesteps": ((b, k), torch.int64), "mask": ((b, k), torch.bool)}
+
+    def _send(self, first: torch.Tensor) -> Sent:
+        """(The prefetch thread) the windows of ``first`` built in the feeder's next host
+        buffers, on their way to the device."""
+        assert self._feeder is not None
+        host = self._feeder.buffers(self._layout(len(first)))
+        self._fill(first, {name: t.numpy() for name, t in host.items()})
+        return self._feeder.send()
 
     def windows(self, first: torch.Tensor) -> Batch:
+        """The windows starting at transitions ``first`` (B,), built and moved at once."""
+        host = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in self._layout(len(first)).items()}
+        self._fill(first, {name: t.numpy() for name, t in host.items()})
+        return Batch(**{name: t.to(self.device) for name, t in host.items()})
+
+    def _fill(self, first: torch.Tensor, out: dict[str, np.ndarray]) -> None:
+        """Write the windows of ``first`` into ``out`` (arrays of :meth:`_layout`)."""
         k, traj = self.context_length, self.traj
         first = first.cpu().numpy()
         valid = self.valid[first]  # (B,)
         positions = np.arange(k)
         mask = positions[None, :] >= (k - valid)[:, None]  # (B, K)
         index = np.where(mask, (first + valid)[:, None] - k + positions, 0)  # (B, K) transition ids
-        states = traj.stacked(index.reshape(-1)).reshape(len(first), k, -1, *traj.frames.shape[1:])  # (B, K, 4, 84, 84)
+        states = out["states"]  # (B, K, 4, 84, 84), gathered in place
+        traj.stacked(index.reshape(-1), out=states.reshape(-1, *states.shape[2:]))
         states[~mask] = 0
-        actions = np.where(mask, traj.actions[index], 0)  # (B, K)
-        rtg = np.where(mask, traj.returns_to_go[index] * self.reward_scale, 0.0)[..., None]  # (B, K, 1)
-        timesteps = np.where(mask, traj.timesteps[index], 0)  # (B, K)
-        pin = self.device.type == "cuda"  # page-locked: the copy to the GPU does not block the host
-
-        def to(x, dtype):
-            host = torch.as_tensor(x, dtype=dtype)
-            return (host.pin_memory() if pin else host).to(self.device, non_blocking=True)
-
-        return Batch(to(rtg, torch.float32), to(states, torch.uint8), to(actions, torch.int64),
-                     to(timesteps, torch.int64), to(mask, torch.bool))
+        out["actions"][:] = np.where(mask, traj.actions[index], 0)  # (B, K)
+        out["returns_to_go"][:] = np.where(mask, traj.returns_to_go[index] * self.reward_scale, 0.0)[..., None]
+        out["timesteps"][:] = np.where(mask, traj.timesteps[index], 0)  # (B, K)
+        out["mask"][:] = mask

@@ -112,3 +112,49 @@ def test_prefetched_frame_batches_are_the_same_batches_and_resume_the_same():
     resumed.generator.set_state(ahead.rng_state())  # ...which a restore discards
     a, b = plain.sample(6), resumed.sample(6)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_prefetch_refills_two_reused_host_buffers_only_after_their_copies_and_hands_each_batch_over():
+    import torch
+
+    from raydt.data.feed import HostCopies
+    from raydt.data.sampler import FrameWindowSampler
+
+    class Recorded(HostCopies):
+        """The CPU protocol, logging what a CUDA run would wait on."""
+
+        def __init__(self):
+            self.log, self.copied = [], 0
+
+        def empty(self, shape, dtype):
+            self.log.append(("allocate", shape[0]))
+            return super().empty(shape, dtype)
+
+        def copy(self, host):
+            self.copied += 1
+            self.log.append(("copy", host["states"].data_ptr(), self.copied))
+            return super().copy(host)[0], self.copied
+
+        def wait_host(self, done):
+            self.log.append(("wait_host", done))
+
+        def hand_over(self, tensors, done):
+            self.log.append(("hand_over", done))
+
+    data = read_dqn_replay(generated_atari_dir(parse_atari("atari-pong?steps=600&seed=1"), log=lambda _: None).parent,
+                           num_steps=10**6, log=lambda _: None)
+    copies = Recorded()
+    plain = FrameWindowSampler(data, context_length=4, seed=3, prefetch=False)
+    ahead = FrameWindowSampler(data, context_length=4, seed=3, prefetch=True, copies=copies)
+    for _ in range(5):
+        a, b = plain.sample(6), ahead.sample(6)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ahead._ahead[0].result()  # the sixth batch, drawn ahead
+    log = copies.log
+    assert [e for e in log if e[0] == "allocate"] == [("allocate", 6)] * 10  # 2 slots × 5 buffers, once
+    copied = [e for e in log if e[0] == "copy"]
+    assert len(copied) == 6 and len({e[1] for e in copied}) == 2  # two host buffers, taking turns
+    assert [e[1] for e in copied] == [copied[0][1], copied[1][1]] * 3
+    for n in range(3, 7):  # batch n refills batch n − 2's buffer after that batch's copy has ended
+        assert log.index(("wait_host", n - 2)) < log.index(next(e for e in log if e[0] == "copy" and e[2] == n))
+    assert [e[1] for e in log if e[0] == "hand_over"] == [1, 2, 3, 4, 5]  # every batch, before its use

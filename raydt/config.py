@@ -174,8 +174,8 @@ class TrainConfig:
     """Steps whose checkpoints are kept as checkpoints/step_<N>.pt (0: before any training), for raydt analyze."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training matmuls: bf16 autocast (auto: where the hardware has native bf16, GPUs of compute capability ≥ 8.0 and CPUs with AVX512-BF16/AMX) or fp32; returns-to-go and losses stay fp32."""
-    compile: bool = False
-    """torch.compile the model's training forward (compiled once per window shape; evaluation stays eager)."""
+    compile: bool | Literal["auto", "default", "reduce-overhead"] = "auto"
+    """torch.compile the training forward (evaluation stays eager): auto = CUDA graphs on GPUs for the sizes where they were measured to win, eager on CPUs; true/default, reduce-overhead (CUDA graphs), or false."""
     deterministic: bool = False
     """Deterministic kernels only (torch.use_deterministic_algorithms, cuDNN without autotuning, a fixed cuBLAS workspace), so a GPU run repeats bit for bit; CPU runs repeat without it."""
 
@@ -232,8 +232,9 @@ class ResourcesConfig:
     """Ray Train workers (DDP processes) for this run."""
     use_gpu: bool = False
     """Give each worker a GPU, or its share of one (resources.gpus_per_worker; NCCL); otherwise CPU workers (gloo)."""
-    gpus_per_worker: float = checked(1.0, lambda v: 0 < v <= 1, "a share of one GPU, 0 < share <= 1")
-    """With use_gpu: the share of a GPU each worker gets (0.25: four one-worker trials per GPU, each bounded to a quarter of its memory); multi-worker (DDP) runs keep whole GPUs."""
+    gpus_per_worker: float | Literal["auto"] = checked(
+        1.0, lambda v: v == "auto" or 0 < v <= 1, "a share of one GPU, 0 < share <= 1, or auto")
+    """With use_gpu: the share of a GPU each worker gets (0.25: four one-worker trials per GPU, each bounded to a quarter of its memory; auto: the share measured for the model's size, else 1); multi-worker (DDP) runs keep whole GPUs."""
     cpus_per_worker: int = positive(1)
     """CPU cores reserved for each worker; also its number of PyTorch threads."""
     max_failures: int = nonnegative(3)

@@ -17,12 +17,13 @@ turns that into an immediate error that says what to change. No Ray import here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
-from raydt.config import ResourcesConfig
+from raydt.config import ExperimentConfig, ModelConfig, ResourcesConfig
 from raydt.errors import ConfigError
 
 
@@ -106,11 +107,46 @@ def placement_strategy(res: ResourcesConfig) -> str:
     return "STRICT_PACK" if res.use_gpu and res.num_workers > 1 else "PACK"
 
 
+MEASURED_GPU_SHARES: dict[str, float] = {}
+"""Model (``model.size`` of a DT built from scratch or from a ``pretrain:`` backbone, else the
+backbone's id) → the share of one GPU that ``resources.gpus_per_worker: auto`` gives a trial:
+the smallest share at which ``bench/gpu_sweep.py`` measured every trial to finish and the GPU
+to complete at least 1.1× the trials per hour of a whole GPU per trial (``python -m
+bench.gpu_tables`` prints the entries a GPU run supports). Sizes not measured get a whole GPU."""
+
+
+def model_key(model: ModelConfig) -> str:
+    """The key of :data:`MEASURED_GPU_SHARES` for a run's model."""
+    if model.backbone == "random" or model.backbone.startswith("pretrain:"):
+        return model.size
+    return model.backbone
+
+
+def gpu_share(config: ExperimentConfig, measured: dict[str, float] | None = None) -> float:
+    """``resources.gpus_per_worker`` as a number: ``auto`` resolved by the model."""
+    share = config.resources.gpus_per_worker
+    if share != "auto":
+        return float(share)
+    if config.resources.num_workers > 1:
+        return 1.0  # DDP trials keep whole GPUs
+    return (MEASURED_GPU_SHARES if measured is None else measured).get(model_key(config.model), 1.0)
+
+
+def with_gpu_share(config: ExperimentConfig, measured: dict[str, float] | None = None) -> ExperimentConfig:
+    """``config`` with ``resources.gpus_per_worker: auto`` replaced by its share."""
+    if config.resources.gpus_per_worker != "auto":
+        return config
+    resources = dataclasses.replace(config.resources, gpus_per_worker=gpu_share(config, measured))
+    return dataclasses.replace(config, resources=resources)
+
+
 def gpus_per_worker(res: ResourcesConfig) -> float:
     """GPUs each worker asks Ray for: 0 on CPU, else ``resources.gpus_per_worker``; refused
     for a DDP run that asks for a share (NCCL ranks sharing one GPU only contend)."""
     if not res.use_gpu:
         return 0.0
+    if res.gpus_per_worker == "auto":
+        raise AssertionError("resolve resources.gpus_per_worker=auto with with_gpu_share() first")
     if res.gpus_per_worker < 1 and res.num_workers > 1:
         raise ConfigError(f"resources.gpus_per_worker={res.gpus_per_worker:g} with resources.num_workers="
                           f"{res.num_workers}: a multi-worker (DDP) run keeps whole GPUs; set gpus_per_worker=1, "

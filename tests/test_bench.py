@@ -75,7 +75,8 @@ def gpu_check_commands() -> list[tuple[str, list[str]]]:
 def test_gpu_check_names_files_that_exist():
     # The script runs only on a lent GPU, where a moved file costs the whole (short) loan.
     commands = gpu_check_commands()
-    assert {module for module, _ in commands} >= {"pytest", "bench.throughput", "bench.convergence"}
+    assert {module for module, _ in commands} >= {"pytest", "bench.throughput", "bench.convergence", "bench.prepare",
+                                                  "bench.gpu_sweep", "bench.gpu_tables"}
     for module, args in commands:
         if module.startswith("bench."):
             assert (REPO / f"{module.replace('.', '/')}.py").is_file(), module
@@ -108,3 +109,39 @@ def test_gpu_check_flags_are_accepted_by_each_benchmark(monkeypatch):
             parse(built.value.parser, args)
         except SystemExit:
             pytest.fail(f"bench/gpu_check.sh: python -m {module} {shlex.join(args)}: refused by its parser")
+
+
+def test_compile_table_counts_sizes_up_to_the_first_that_did_not_win():
+    from bench.gpu_tables import compile_wins_up_to
+
+    eager = [{"size": "dt", "raydt_steps_per_second": 100.0}, {"size": "3m", "raydt_steps_per_second": 50.0},
+             {"size": "18m", "raydt_steps_per_second": 10.0}]
+    compiled = [{"size": "3m", "parameters": 3_700_000, "raydt_steps_per_second": 60.0},
+                {"size": "dt", "parameters": 900_000, "raydt_steps_per_second": 180.0},
+                {"size": "18m", "parameters": 20_000_000, "raydt_steps_per_second": 30.0}]
+    assert compile_wins_up_to(eager, compiled) == 20_000_000  # 1.8x, 1.2x and 3x: every size won
+    compiled[0]["raydt_steps_per_second"] = 52.0  # 3m: 1.04x, not a win: stop there, though 18m won
+    assert compile_wins_up_to(eager, compiled) == 900_000
+    compiled[1]["raydt_steps_per_second"] = 90.0  # dt lost: nothing
+    assert compile_wins_up_to(eager, compiled) is None
+
+
+def test_a_share_is_suggested_only_where_it_beat_a_whole_gpu():
+    from bench.gpu_sweep import suggested_shares
+
+    whole = {"share": 1.0, "exit_status": 0, "trials_per_gpu_hour": 100.0}
+    quarter = {"share": 0.25, "exit_status": 0, "trials_per_gpu_hour": 250.0}
+    half = {"share": 0.5, "exit_status": 0, "trials_per_gpu_hour": 105.0}
+    assert suggested_shares([whole, half, quarter]) == {"dt": 0.25}
+    assert suggested_shares([whole, half]) == {}  # 1.05x is not a win
+    assert suggested_shares([whole, dict(quarter, exit_status=1)]) == {}  # a trial failed
+    assert suggested_shares([quarter]) == {}  # no whole-GPU baseline
+
+
+@pytest.mark.ray
+def test_gpu_sweep_benchmark_runs_its_sweeps_and_reads_them_back(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.gpu_sweep", "--smoke-test", "--shares", "1", "0.5",
+                          "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "speedup (trials per GPU-hour), share 0.5 vs 1" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "0.5 "))]
+    assert [r[:2] for r in rows] == [["1", "2"], ["0.5", "2"]]  # both trials of each setting read back

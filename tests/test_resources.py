@@ -337,3 +337,39 @@ def test_a_gpu_share_is_checked_as_a_config_value():
     for bad in ("0", "1.5", "-0.25"):
         with pytest.raises(ConfigError, match="resources.gpus_per_worker.*0 < share <= 1"):
             tiny_config(f"resources.gpus_per_worker={bad}")
+
+
+def test_gpu_share_auto_takes_the_measured_share_of_the_models_size(monkeypatch):
+    from raydt import resources
+    from tests.helpers import tiny_config
+
+    measured = {"dt": 0.25, "3m": 0.5}
+    auto = tiny_config("resources.gpus_per_worker=auto", "resources.use_gpu=true")
+    assert auto.resources.gpus_per_worker == "auto"
+    assert resources.gpu_share(auto, measured) == 0.25  # model.size dt
+    assert resources.gpu_share(tiny_config("resources.gpus_per_worker=auto", "model.size=18m"), measured) == 1.0
+    assert resources.gpu_share(tiny_config("resources.gpus_per_worker=auto", "model.backbone=gpt2"), measured) == 1.0
+    ddp = tiny_config("resources.gpus_per_worker=auto", "resources.num_workers=2", "train.batch_size=8")
+    assert resources.gpu_share(ddp, measured) == 1.0  # DDP keeps whole GPUs
+    assert resources.gpu_share(auto, {}) == 1.0  # nothing measured: a whole GPU
+    assert resources.with_gpu_share(auto, measured).resources.gpus_per_worker == 0.25
+    with pytest.raises(AssertionError, match="with_gpu_share"):
+        resources.gpus_per_worker(auto.resources)  # an unresolved auto never reaches Ray
+
+
+def test_a_sweep_of_auto_shares_over_model_sizes_plans_for_the_largest(tmp_path, monkeypatch):
+    from raydt import resources
+    from raydt.tune.run import plan_sweep
+    from raydt.tune.spec import load_sweep
+    from tests.helpers import RUN_SPEC
+
+    monkeypatch.setattr(resources, "MEASURED_GPU_SHARES", {"dt": 0.25, "3m": 0.5})
+    spec_file = tmp_path / "sizes.yaml"
+    spec_file.write_text(f"extends: {RUN_SPEC}\nresources: {{use_gpu: true, gpus_per_worker: auto}}\n"
+                         "search:\n  model.size: {grid: [dt, 3m]}\n")
+    plan = plan_sweep(load_sweep(spec_file), aws_shape())
+    assert plan.gpus_per_worker == 0.5
+    assert "(2 trials per GPU)" in "\n".join(plan.lines())
+    spec_file.write_text(f"extends: {RUN_SPEC}\nresources: {{use_gpu: true, gpus_per_worker: auto}}\n"
+                         "search:\n  optim.lr: {grid: [0.001, 0.0001]}\n")
+    assert "(4 trials per GPU)" in "\n".join(plan_sweep(load_sweep(spec_file), aws_shape()).lines())

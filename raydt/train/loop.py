@@ -40,9 +40,10 @@ from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
 from raydt.model.backbone import strip_prefixes
 from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
-from raydt.precision import cpu_has_native_bf16, optimizer_options, use_bf16  # noqa: F401 (re-exported)
+from raydt.precision import compile_mode, cpu_has_native_bf16, optimizer_options, use_bf16  # noqa: F401 (re-exported)
 from raydt.prepare import RunData, build_run_model, describe, needs, resolve_run_data, run_tokenizer
 from raydt.pretrain.cache import resolve_backbone
+from raydt.resources import gpu_share
 from raydt.rundir import RunDir
 from raydt.seeding import seed_everything, set_deterministic, stream_seed
 from raydt.sinks import JsonlSink, MetricWindow, MultiSink, Sink, TensorBoardSink
@@ -131,7 +132,7 @@ def bound_gpu_memory(share: float, device: torch.device, set_fraction: Callable 
 
 def out_of_memory(cfg: ExperimentConfig, exc: BaseException) -> RaydtError:
     """A CUDA out-of-memory error as what to change: the same run would run out again."""
-    share = cfg.resources.gpus_per_worker
+    share = gpu_share(cfg)
     where = f"its share of the GPU (resources.gpus_per_worker={share:g})" if share < 1 else "the GPU"
     return RaydtError(f"the model does not fit in {where} at train.batch_size={cfg.train.batch_size}, "
                       f"model.size={cfg.model.size}: raise resources.gpus_per_worker, or lower train.batch_size "
@@ -193,7 +194,10 @@ class Objective(nn.Module):
         """Compute the losses with TF32 off (set on CUDA devices, where TF32 may be on for the
         forward); a flag rather than a device test, so the CPU tests exercise it."""
 
-    def forward(self, batch: Batch, text: torch.Tensor | None, lambda1: float, lambda2: float) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, text: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The unweighted losses: action, cos (with centres), lm (with text). The λ weights
+        are applied by the caller, so a compiled forward does not depend on them (λ changes
+        every step while it decays)."""
         untimed = None
         if self.centers is not None and self.variant != "paper":
             # Reid's code compares LN(token), before the timestep is added, with the clusters.
@@ -208,18 +212,24 @@ class Objective(nn.Module):
         with torch.autocast(tokens.device.type, enabled=False), \
                 (exact_fp32() if self.exact_losses else contextlib.nullcontext()):
             out = {"action": action_loss(pred.float(), batch.actions, batch.mask)}
-            total = out["action"]
             if self.centers is not None:
                 if untimed is None:  # the paper: the tokens the backbone sees, real ones only
                     out["cos"] = cosine_cluster_loss(tokens.float(), self.centers.float(), token_mask, "paper")
                 else:  # the released code: every token, padding included
                     out["cos"] = cosine_cluster_loss(untimed.float(), self.centers.float(), None, self.variant)
-                total = total + lambda1 * out["cos"]
         if text is not None:
             out["lm"] = self.model.backbone.lm_loss(text)
-            total = total + lambda2 * out["lm"]
-        out["total"] = total
         return out
+
+
+def weighted_total(losses: dict[str, torch.Tensor], lambda1: float, lambda2: float) -> torch.Tensor:
+    """L = L_action + λ1·L_cos + λ2·L_LM of :meth:`Objective.forward`'s losses."""
+    total = losses["action"]
+    if "cos" in losses:
+        total = total + lambda1 * losses["cos"]
+    if "lm" in losses:
+        total = total + lambda2 * losses["lm"]
+    return total
 
 
 class Trainer:
@@ -249,7 +259,7 @@ class Trainer:
         set_deterministic(cfg.train.deterministic)
         torch.set_num_threads(cfg.resources.cpus_per_worker)
         if cfg.resources.use_gpu:
-            bound_gpu_memory(cfg.resources.gpus_per_worker, ctx.device)
+            bound_gpu_memory(gpu_share(cfg), ctx.device)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(
                 f"train.batch_size={cfg.train.batch_size} does not split evenly over "
@@ -267,6 +277,10 @@ class Trainer:
         self.model.to(ctx.device)
         self.objective.to(ctx.device)
         self._share_constants()  # on the device: NCCL carries only CUDA tensors
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.compile_mode, why = compile_mode(cfg.train.compile, ctx.device.type, n_params)
+        """torch.compile's mode for the training forward, or None (eager)."""
+        quiet(f"train.compile={str(cfg.train.compile).lower()}: {why}")
         self.module = self._wrap(text_in_use=cfg.loss.lambda2 > 0)
         """The objective as stepped: ``objective`` itself, or its DDP wrapper."""
         # Ranks other than 0 wait for rank 0's evaluation in a collective. On the default
@@ -322,7 +336,9 @@ class Trainer:
         when ``train.compile`` asks (the model object itself, which checkpoints and evaluation
         use, stays eager)."""
         module = self._distribute(text_in_use)
-        return torch.compile(module) if self.config.train.compile else module
+        if self.compile_mode is None:
+            return module
+        return torch.compile(module, mode=self.compile_mode)
 
     def _distribute(self, text_in_use: bool) -> nn.Module:
         if self.ctx.world_size == 1:
@@ -397,8 +413,11 @@ class Trainer:
         """One optimizer step with the given λ weights (see :meth:`lambdas`); returns the
         losses and the pre-clip gradient norm (device tensors)."""
         text = self.text.sample(self.config.loss.lm_batch_size) if self.text is not None and lambda2 > 0 else None
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
         with self.autocast():
-            losses = self.module(batch, text, lambda1, lambda2)
+            losses = dict(self.module(batch, text))
+        losses["total"] = weighted_total(losses, lambda1, lambda2)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         clip = self.config.optim.grad_clip
@@ -726,6 +745,8 @@ class Trainer:
             "loop_seconds": time.perf_counter() - loop_started,
             "train_seconds": self.train_seconds - session_train,
             "eval_seconds": self.eval_seconds - session_eval,
+            # What a GPU share must hold (the caching allocator's peak; bench/gpu_sweep.py reads it).
+            "peak_device_memory_bytes": peak_device_memory(self.ctx.device),
         }, indent=1))
 
     def _agree(self, stop: bool) -> bool:
@@ -735,6 +756,11 @@ class Trainer:
             return stop
         return agree_with_rank0(stop, self.wait_group, waiting_for=f"rank 0's evaluation at step {self.step}",
                                 timeout_s=self.config.eval.timeout_s + EVAL_TIMEOUT_GRACE_S)
+
+
+def peak_device_memory(device: torch.device) -> int | None:
+    """Peak bytes this process's CUDA caching allocator reserved on ``device`` (None off CUDA)."""
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
 
 
 EVAL_TIMEOUT_GRACE_S = 60

@@ -155,9 +155,9 @@ def scaling_config(config: ExperimentConfig):
     """Ray Train's ``ScalingConfig`` for the ``resources:`` section of a run."""
     from ray.train import ScalingConfig
 
-    from raydt.resources import gpus_per_worker, placement_strategy
+    from raydt.resources import gpus_per_worker, placement_strategy, with_gpu_share
 
-    res = config.resources
+    res = with_gpu_share(config).resources
     return ScalingConfig(
         num_workers=res.num_workers,
         use_gpu=res.use_gpu,

@@ -9,6 +9,7 @@ the cluster's resources (otherwise trials wait forever for resources they can ne
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -37,6 +38,7 @@ from raydt.resources import (
     local_shape,
     shape_from_nodes,
     trial_capacity,
+    with_gpu_share,
 )
 from raydt.rundir import SWEEP_SPEC, TIMING, TRIAL_TIMING, TRIALS
 from raydt.tune.spec import DATASET_KEY, SEED_KEY, SweepSpec
@@ -96,7 +98,11 @@ def plan_sweep(spec: SweepSpec, cluster: ClusterShape | list[dict[str, float]]) 
     """Check that a trial fits the cluster (a :class:`ClusterShape`, or a list of node
     resource dicts for a fixed cluster) and work out how many trials can run at once."""
     shape = cluster if isinstance(cluster, ClusterShape) else shape_from_nodes(cluster)
-    configs = [spec.trial_config(point) for point in spec.grid()] or [spec.base_config()]
+    configs = [with_gpu_share(spec.trial_config(point)) for point in spec.grid()] or [with_gpu_share(spec.base_config())]
+    shares = {c.resources.gpus_per_worker for c in configs}
+    if len(shares) > 1:  # gpus_per_worker: auto over several model sizes: plan for the largest share
+        configs = [dataclasses.replace(c, resources=dataclasses.replace(c.resources, gpus_per_worker=max(shares)))
+                   for c in configs]
     resources = {c.resources for c in configs}
     if len(resources) > 1:
         raise ConfigError(f"{spec.path}: all trials of a sweep must ask for the same resources; found {sorted(map(str, resources))}")
@@ -364,7 +370,7 @@ def run_sweep(
         except ConfigError as exc:  # a cluster spec planned on a laptop: say so, still plan
             if cluster_file is not None:
                 raise
-            res = spec.base_config().resources
+            res = with_gpu_share(spec.base_config()).resources
             return Plan(spec.num_trials, res.num_workers, res.cpus_per_worker, gpus_per_worker(res), shape, 0,
                         note=f"cannot run on this machine ({exc}); run it on a cluster with --address, "
                              "or plan it for a cluster file with --cluster clusters/aws.yaml")

@@ -82,3 +82,52 @@ def test_pinned_prefetching_frame_sampler_gives_the_cpu_batches():
     for _ in range(3):
         a, b = cpu.sample(8), gpu.sample(8)
         assert all(torch.equal(x, y.cpu()) for x, y in zip(a, b))
+    from raydt.data.feed import CudaCopies
+
+    assert isinstance(gpu._feeder.copies, CudaCopies)
+    assert gpu._feeder._host[0]["states"].is_pinned()  # the reused buffers are page-locked
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "imagegpt", "clip"])
+def test_backbone_forwards_never_sync_the_gpu(tmp_path, kind):
+    from raydt.config import ModelConfig
+    from raydt.model.build import build_model
+    from tests.model.test_backbone import save_tiny
+
+    model, _ = build_model(ModelConfig(backbone=str(save_tiny(kind, tmp_path))), 5, 2, 6, 100, log=lambda _: None)
+    backbone = model.backbone.cuda()
+    x = torch.randn(3, 12, 32, device="cuda")
+    mask = torch.ones(3, 12, dtype=torch.bool, device="cuda")
+    mask[1, :4] = False
+    backbone(x, mask)  # first call: lazy initialisation may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        backbone(x, mask).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_gpu_rollout_and_its_cpu_twin_take_the_same_episodes():
+    import numpy as np
+
+    from raydt.eval.rollout import rollout
+    from tests.helpers import tiny_model
+
+    model = tiny_model(context_length=4, obs_dim=11, act_dim=3, seed=3).double()
+    args = ("Hopper-v4", 3600, [11, 12, 13], np.zeros(11), np.ones(11), 1e-3)
+    on_cpu = rollout(model, *args, max_steps=60)
+    on_gpu = rollout(model.cuda(), *args, device="cuda", max_steps=60)
+    np.testing.assert_array_equal(on_gpu.lengths, on_cpu.lengths)
+    np.testing.assert_allclose(on_gpu.returns, on_cpu.returns, rtol=1e-6)
+
+
+def test_cuda_graphs_step_gives_the_eager_losses(tmp_path):
+    from raydt.train.loop import Trainer
+
+    runs = {}
+    for mode in ("false", "reduce-overhead"):
+        trainer = Trainer(tiny_config(f"train.compile={mode}", "train.precision=fp32", "model.dropout=0.0",
+                                      "resources.use_gpu=true"), tmp_path / mode, cuda_ctx())
+        batch = trainer.sampler.sample(8)
+        runs[mode] = [float(trainer.train_step(batch)["action"]) for _ in range(6)]  # graphs captured by step 3
+    assert runs["reduce-overhead"] == pytest.approx(runs["false"], rel=1e-4)

@@ -128,7 +128,10 @@ def paper_table(kind: str, root: Path, fmt: str = "md", cells: str = "mean_std",
     corner = "group" if kind == "reid6" else "dataset"
     notes = m.notes
     if fmt == "csv":
-        return _csv(corner, labelled_rows, labelled_cols, body)
+        # What each cell's numbers are: reid3's are steps and seconds, not a score and its spread.
+        names = (("steps", "train_seconds") if kind == "reid3" else ("value", "std") if cells == "mean_std"
+                 else ("value", "ci_low", "ci_high"))
+        return _csv(corner, labelled_rows, labelled_cols, body, names)
     if fmt == "latex":
         return _latex(corner, labelled_rows, labelled_cols, body, marks, title, notes)
     return _markdown(corner, labelled_rows, labelled_cols, body, marks, title, notes)
@@ -234,11 +237,11 @@ def _latex(corner, rows, cols, body, marks, title, notes) -> str:
     return "\n".join(lines)
 
 
-def _csv(corner, rows, cols, body) -> str:
+def _csv(corner, rows, cols, body, suffixes: Sequence[str]) -> str:
+    """One column per (group, number) named ``<group> <suffix>``; ``suffixes`` name a cell's
+    value and its extras in order."""
     out = io.StringIO()
     writer = csv.writer(out)
-    extras = max((len(c.extra) for cells in body for c in cells), default=0)
-    suffixes = ["value", *(["std"] if extras == 1 else ["ci_low", "ci_high"][:extras])]
     writer.writerow([corner, *(f"{c} {s}" for c in cols for s in suffixes)])
     for name, cells in zip(rows, body):
         row = [name]

@@ -119,3 +119,20 @@ def test_pretraining_corpus_errors_name_corpus_text(tmp_path, capsys, case):
     line = one_line(err)
     assert status == 2 and f"corpus.text='text:{target}'" in line and "loss.text" not in line
     assert ("no text there" if case == "empty" else "does not exist") in line
+
+
+def test_resume_with_a_change_the_checkpoint_cannot_hold_is_refused_in_one_line(tmp_path, capsys):
+    from tests.helpers import TINY_RUN
+
+    tiny = [a for s in TINY_RUN for a in ("--set", s)]
+    out = str(tmp_path / "run")
+    assert main(["train", SPEC, "--no-ray", "--out", out, *tiny, "--set", "train.steps=4"]) == 0
+    capsys.readouterr()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    status, err = run(capsys, "train", SPEC, "--no-ray", "--out", out, "--resume", *tiny,
+                      "--set", "train.steps=8", "--set", "model.n_embd=64", "--set", "optim.lr=0.01")
+    line = one_line(err)
+    assert status == 2 and "model.n_embd: 32 → 64" in line and "optim.lr" in line and "size mismatch" not in err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # nothing written
+    # The budget may change: the same resume with only train.steps raised goes on.
+    assert main(["train", SPEC, "--no-ray", "--out", out, "--resume", *tiny, "--set", "train.steps=8"]) == 0

@@ -113,6 +113,9 @@ def test_reid2_table_bolds_the_row_maximum_in_every_format(sweep):
 def test_reid3_and_reid6(sweep):
     reid3 = paper_table("reid3", sweep, "md")
     assert "| d4rl:hopper-medium-v2 | **200 (10 s)** | **200 (10 s)** |" in reid3  # ties: both bold
+    csv = paper_table("reid3", sweep, "csv").splitlines()  # steps and seconds, named as such
+    assert csv[0] == "dataset,DT steps,DT train_seconds,ChibiT steps,ChibiT train_seconds"
+    assert csv[1] == "d4rl:hopper-medium-v2,200,10,200,10"
     reid6 = paper_table("reid6", sweep, "md").splitlines()
     assert reid6[0] == "| group | d4rl:hopper-medium-v2 | d4rl:walker2d-medium-v2 | Average |"
     assert reid6[2] == "| DT | 52.0 ± 1.6 | **72.0 ± 1.6** | 62.0 |"  # best per column

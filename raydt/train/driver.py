@@ -7,21 +7,52 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from raydt import storage
 from raydt.config import ExperimentConfig
 from raydt.errors import RaydtError, RunFailed
-from raydt.rundir import CONFIG, METRICS, SWEEP_SPEC, RunDir, last_checkpoint_uri
+from raydt.rundir import CONFIG, METRICS, SWEEP_SPEC, RunDir, flatten, last_checkpoint_uri
 
 
-def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool) -> None:
+RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.log_every", "train.early_stop_patience",
+                     "train.keep_checkpoints", "train.compile", "eval.", "resources.", "log.")
+"""Keys (or section prefixes) a resumed run may change: its budget, evaluation, resources and
+trackers. Any other change (model shapes, data, losses, optimiser) would make the checkpoint
+and the record describe another run."""
+
+
+def check_resume_changes(before: dict[str, Any], config: ExperimentConfig, where: Path | str) -> None:
+    """Refuse, in one line, a resume whose config changes keys other than :data:`RESUMABLE_CHANGES`
+    (``before``: the run's flattened ``config.resolved.yaml``)."""
+    from raydt.config import to_dict
+
+    after = flatten(to_dict(config))
+    changed = [key for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key) and not key.startswith(RESUMABLE_CHANGES)
+               and not (key in before and key not in after)]  # a key a newer raydt dropped
+    if changed:
+        shown = "; ".join(f"{key}: {before.get(key)!r} → {after.get(key)!r}" for key in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise RaydtError(f"--resume: this config changes what {where} was trained with ({shown}{more}); a resumed "
+                         "run may change only its budget, evaluation, resources and trackers (train.steps, "
+                         "train.eval_every, eval.*, resources.*, log.*): drop the change, or start a new run with "
+                         "another --out")
+
+
+def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool, config: ExperimentConfig | None = None) -> None:
     """Refuse to clobber a finished or running run unless asked to (a local directory or a
-    run at a storage URI alike)."""
+    run at a storage URI alike), and a resume whose ``config`` changes what the run was
+    trained with."""
     if storage.is_uri(run_dir):
         uri = str(run_dir)
         has_checkpoint = storage.exists(last_checkpoint_uri(uri))
         has_run = has_checkpoint or storage.exists(storage.join(uri, METRICS))
         if resume and not has_checkpoint:
             raise RaydtError(f"--resume: {uri} holds no checkpoint; run without --resume")
+        if resume and config is not None and storage.exists(storage.join(uri, CONFIG)):
+            before = flatten(yaml.safe_load(storage.read_text(storage.join(uri, CONFIG))) or {})
+            check_resume_changes(before, config, storage.join(uri, CONFIG))
         if not resume and has_run and not overwrite:
             raise RaydtError(f"{uri} already holds a run; continue it with --resume, pick another place with "
                              "--out, or replace it with --overwrite")
@@ -37,6 +68,13 @@ def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool) -> None:
         if not run.last.exists():
             raise RaydtError(f"--resume: {run_dir} holds no checkpoint ({run.last.relative_to(run_dir)}); "
                              "run without --resume")
+        if config is not None and run.config.is_file():
+            try:
+                before = run.read_config(flat=True)
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise RaydtError(f"--resume: {run.config} cannot be read ({type(exc).__name__}); the run's "
+                                 "record is damaged: start a new run with another --out") from None
+            check_resume_changes(before, config, run.config)
         return
     has_run = run.has_results()
     if has_run and not overwrite:
@@ -79,7 +117,7 @@ def run_training(
 
     # One writer per run directory, from the check of what it holds to the end of the run.
     with contextlib.nullcontext() if remote else RunDir(Path(run_dir)).lock():
-        prepare_run_dir(run_dir, resume, overwrite)
+        prepare_run_dir(run_dir, resume, overwrite, config)
         if config.resources.use_gpu:
             import torch
 

@@ -18,6 +18,7 @@ so a misspelled key or a value of the wrong type fails here, before any trial st
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,13 +195,31 @@ def _dimension(path: Path, key: str, entry: Any, origins: Mapping[str, str]) -> 
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}: {kind} needs a non-empty list")
     if kind in ("uniform", "loguniform", "randint"):
-        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
-            raise ConfigError(f"{where}: {kind} needs [low, high] with low < high, got {values}")
+        bounds = [_bound(v, kind) for v in values]
+        if len(bounds) != 2 or any(v is None for v in bounds) or bounds[0] >= bounds[1]:
+            numbers = "integers" if kind == "randint" else "numbers"
+            raise ConfigError(f"{where}: {kind} needs [low, high], two {numbers} with low < high, got {values}")
+        values = bounds
         if kind == "loguniform" and values[0] <= 0:
             raise ConfigError(f"{where}: loguniform needs low > 0, got {values[0]}")
     # pretrain:FILE values are relative to the spec file that lists them.
     source = origins.get(f"search.{key}.{kind}", str(path))
     return Dimension(key, kind, tuple(anchor_path(key, v, source) for v in values))
+
+
+def _bound(value: Any, kind: str) -> float | int | None:
+    """A range bound as a number, None if it is not one. YAML reads ``1e-5`` (no dot) as a
+    string; ordinary keys convert it, so bounds do too."""
+    if isinstance(value, str):
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    if kind == "randint":
+        return int(value) if float(value).is_integer() else None
+    return float(value)
 
 
 def _probe_values(dim: Dimension) -> list[Any]:

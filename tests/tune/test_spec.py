@@ -44,8 +44,10 @@ def test_grid_of_search_keys_builds_trial_configs(tmp_path):
         ("model.size: {choice: [dt, huge]}", "expected one of 'dt', '3m', '18m', '84m'"),
         ("optim.lr: {normal: [0, 1]}", "unknown distribution 'normal'; valid kinds: grid, choice, uniform, loguniform, randint"),
         ("optim.lr: {loguniform: [0, 1]}", "loguniform needs low > 0"),
-        ("optim.lr: {uniform: [1, 0]}", r"needs \[low, high\] with low < high"),
+        ("optim.lr: {uniform: [1, 0]}", r"needs \[low, high\], two numbers with low < high"),
         ("optim.lr: 3", "give one distribution as a mapping"),
+        ("optim.lr: {loguniform: [1e-5, tiny]}", r"needs \[low, high\], two numbers with low < high, got \['1e-5', 'tiny'\]"),
+        ("train.batch_size: {randint: [8, 16.5]}", r"randint needs \[low, high\], two integers"),
     ],
 )
 def test_bad_search_entries_fail_before_any_trial(tmp_path, search, message):
@@ -147,3 +149,11 @@ def test_sweep_progress_line_counts_trials_and_estimates_what_is_left():
     assert progress_line(4, 2, 12, 2, [50.0, 70.0], [20.0, 30.0]) == \
         "trials: 4/12 done, 2 running, 6 pending; eta 3m40s"
     assert progress_line(12, 0, 12, 2, [60.0], []) == "trials: 12/12 done, 0 running, 0 pending"
+
+
+def test_range_bounds_written_without_a_dot_are_numbers(tmp_path):
+    # YAML reads 1e-5 (no dot) as a string; ordinary keys convert it, and bounds do too.
+    spec = load_sweep(sweep_file(tmp_path, "optim.lr: {loguniform: [1e-5, 1e-3]}\ntrain.batch_size: {randint: [8, 1e2]}"))
+    lr, batch = spec.dimensions
+    assert lr.values == (1e-5, 1e-3) and all(isinstance(v, float) for v in lr.values)
+    assert batch.values == (8, 100) and all(isinstance(v, int) for v in batch.values)

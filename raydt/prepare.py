@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from raydt.artifacts import Artifact, Store, record
 from raydt.config import PRETRAIN_SCHEME, ExperimentConfig, ModelConfig
 from raydt.data.atari import game_from_env_id
@@ -28,7 +30,7 @@ from raydt.data.sources import load_dataset, split_uri
 from raydt.data.tasks import task_from_env_id
 from raydt.data.text import parse_text_uri
 from raydt.data.trajectories import Trajectories
-from raydt.errors import ConfigError
+from raydt.errors import ConfigError, DataError
 
 
 @dataclass
@@ -76,8 +78,29 @@ def resolve_run_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) 
         targets = (game.target_return,)
     else:
         raise ConfigError(f"no default target returns for {env_id}; set eval.target_returns")
+    if not isinstance(traj, AtariTrajectories):
+        check_action_range(traj.actions, cfg.data.dataset, log)
     max_timestep = max(int(traj.timesteps.max()) + 1, task.max_episode_steps if task else 0)
     return RunData(traj, env_id, targets, max_timestep)
+
+
+ACTION_SLACK = 0.1
+"""How far past [-1, 1] continuous actions may reach and only be noted: recorded actions a
+little outside the bounds (the environment clips them) lose little to the tanh head."""
+
+
+def check_action_range(actions: np.ndarray, dataset: str, log: Callable[[str], None] = print) -> None:
+    """The model predicts continuous actions through tanh, in [-1, 1] (the bounds of the
+    MuJoCo tasks' action spaces): data far outside cannot be fitted (a loss in the
+    hundreds of thousands, exit 0), so it is refused; data slightly outside is noted."""
+    low, high = float(np.min(actions)), float(np.max(actions))
+    if low >= -1 - 1e-6 and high <= 1 + 1e-6:
+        return
+    span = f"data.dataset={dataset}: its actions span [{low:.4g}, {high:.4g}]"
+    if low < -1 - ACTION_SLACK or high > 1 + ACTION_SLACK:
+        raise DataError(f"{span}, but the model predicts actions through tanh, in [-1, 1] (the environment's "
+                        "bounds): rescale the actions to [-1, 1], or check that this is the dataset you meant")
+    log(f"note: {span}, a little outside [-1, 1], which the model's tanh head reaches at most")
 
 
 def check_objectives(cfg: ExperimentConfig) -> None:

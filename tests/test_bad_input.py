@@ -136,3 +136,45 @@ def test_resume_with_a_change_the_checkpoint_cannot_hold_is_refused_in_one_line(
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # nothing written
     # The budget may change: the same resume with only train.steps raised goes on.
     assert main(["train", SPEC, "--no-ray", "--out", out, "--resume", *tiny, "--set", "train.steps=8"]) == 0
+
+
+def _hopper_file(path, actions_scale=1.0, observations=None):
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 400
+    timeouts = np.zeros(n, bool)
+    timeouts[199::200] = True
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.normal(size=(n, 11)).astype(np.float32) if observations is None else observations
+        f["actions"] = (rng.uniform(-1, 1, size=(n, 3)) * actions_scale).astype(np.float32)
+        f["rewards"] = np.ones(n, np.float32)
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = timeouts
+    return path
+
+
+@pytest.mark.parametrize("scale, refused", [(300.0, True), (1.05, False)])
+def test_actions_beyond_what_the_tanh_head_reaches_are_refused_naming_the_file(tmp_path, capsys, scale, refused):
+    from tests.helpers import TINY_RUN
+
+    data = _hopper_file(tmp_path / "hopper_medium-v2.hdf5", actions_scale=scale)
+    tiny = [a for s in TINY_RUN for a in ("--set", s)]
+    out = tmp_path / "run"
+    status, err = run(capsys, "train", SPEC, "--no-ray", "--out", str(out), *tiny, "--set", f"data.dataset=d4rl:{data}",
+                      "--set", "train.steps=2", "--set", "train.eval_every=2", "--set", "eval.max_steps=5")
+    if refused:
+        line = one_line(err)
+        assert status == 2 and str(data) in line and "actions span [-29" in line and "rescale" in line
+        assert not (out / "metrics.jsonl").exists()
+    else:  # slightly outside: trained, with a note
+        assert status == 0
+
+
+def test_hdf5_observations_stored_as_strings_are_named(tmp_path, capsys):
+    import numpy as np
+
+    data = _hopper_file(tmp_path / "hopper_medium-v2.hdf5", observations=np.array([b"x"] * 400).repeat(11).reshape(400, 11))
+    status, err = run(capsys, "data", "info", f"d4rl:{data}")
+    assert status == 2 and "stores observations as |S1 values" in one_line(err)

@@ -121,6 +121,11 @@ def read_d4rl_hdf5(path: str | Path, source: str | None = None) -> Trajectories:
             raise DataError(f"{label}: {path} holds no transitions")
         if f["observations"].ndim != 2:
             raise DataError(f"{label}: observations must be (N, obs_dim), got shape {f['observations'].shape}")
+        for key in keys:  # strings or compound records would fail deep inside training
+            kind = f[key].dtype.kind
+            if kind not in "fiub":
+                raise DataError(f"{label}: {path} stores {key} as {f[key].dtype} values; a D4RL-layout file "
+                                f"holds numbers ({key} as floats{' or booleans' if key in ('terminals', 'timeouts') else ''})")
         arrays = {key: f[key][()] for key in keys}
         metadata: dict[str, Any] = {}
         if "metadata/raydt" in f:

@@ -237,7 +237,7 @@ def shape_from_autoscaler_config(config: dict[str, Any], source: str,
     live = live or {}
     node_types = _node_types(config, source)
     # Ray's defaults: the cluster's max_workers is 2, and a type's is the cluster's.
-    cap = int(config.get("max_workers", 2))
+    cap = _count(config.get("max_workers", 2), "max_workers", source)
     head_type = config.get("head_node_type")
     types = []
     for name, spec in node_types.items():
@@ -245,10 +245,17 @@ def shape_from_autoscaler_config(config: dict[str, Any], source: str,
         up = live.get(name, [])
         cpus, gpus, size_from = _type_size(name, spec, up, source)
         # A head type can launch workers of its own type too (the local provider's one type).
-        most = int(spec.get("max_workers", cap)) + (1 if head else 0)
+        most = _count(spec.get("max_workers", cap), f"available_node_types.{name}.max_workers", source) + (1 if head else 0)
         types.append(NodeType(name, cpus or 0.0, gpus, max(most, len(up)), alive=len(up), head=head,
                               size_from=size_from, guessed=cpus is None))
     return ClusterShape(tuple(types), source, autoscaling=True, max_worker_nodes=cap)
+
+
+def _count(value: Any, key: str, source: str) -> int:
+    """A node count of a cluster file: a whole number ≥ 0, or a one-line error naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+        raise ConfigError(f"{source}: {key} is {value!r}; give a whole number of nodes, 0 or more")
+    return int(value)
 
 
 def is_local_provider(config: dict[str, Any]) -> bool:

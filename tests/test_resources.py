@@ -373,3 +373,20 @@ def test_a_sweep_of_auto_shares_over_model_sizes_plans_for_the_largest(tmp_path,
     spec_file.write_text(f"extends: {RUN_SPEC}\nresources: {{use_gpu: true, gpus_per_worker: auto}}\n"
                          "search:\n  optim.lr: {grid: [0.001, 0.0001]}\n")
     assert "(4 trials per GPU)" in "\n".join(plan_sweep(load_sweep(spec_file), aws_shape()).lines())
+
+
+@pytest.mark.parametrize("where, value", [("max_workers", -3), ("max_workers", "two"), ("type", 1.5)])
+def test_negative_or_non_numeric_node_counts_are_refused_naming_the_key(tmp_path, where, value):
+    from raydt.resources import shape_from_autoscaler_config
+
+    config = {"provider": {"type": "aws"}, "max_workers": 2, "head_node_type": "head",
+              "available_node_types": {"head": {"resources": {"CPU": 4}, "max_workers": 0},
+                                       "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 2}}}
+    if where == "max_workers":
+        config["max_workers"] = value
+        key = "max_workers"
+    else:
+        config["available_node_types"]["gpu"]["max_workers"] = value
+        key = "available_node_types.gpu.max_workers"
+    with pytest.raises(ConfigError, match=f"c.yaml: {key} is {value!r}; give a whole number of nodes"):
+        shape_from_autoscaler_config(config, "c.yaml")

@@ -272,7 +272,13 @@ def find_runs(root: Path, metric: str = METRIC) -> list[Run]:
             print(f"warning: {exc}; reporting this run without its metrics", file=sys.stderr)
             rows = []
         name = str(run_dir.path.relative_to(root)) if run_dir.path != root else run_dir.path.name
-        runs.append(Run(name, run_dir.path, run_dir.read_config(flat=True), [r for r in rows if metric in r]))
+        try:
+            config = run_dir.read_config(flat=True)
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError) as exc:  # AttributeError: not a mapping
+            print(f"warning: skipped {run_dir.path}: its {CONFIG} cannot be read ({type(exc).__name__}), so "
+                  "its group is unknown", file=sys.stderr)
+            continue
+        runs.append(Run(name, run_dir.path, config, [r for r in rows if metric in r]))
     if not runs:
         raise RaydtError(f"{root} holds no run directories (no {CONFIG} below it)")
     return runs

@@ -84,12 +84,22 @@ def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[
     and ``warn`` (default: stderr) says so, naming the file. A bad line before the last
     is damage nobody should paper over: a :class:`DataError` naming the file and the line.
     """
-    with open(path) as f:
-        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file (not UTF-8); a metrics log holds one JSON row per line") from None
     rows = []
     for i, (number, line) in enumerate(lines):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            step = row.get("step") if isinstance(row, dict) else None
+            if isinstance(step, bool) or not isinstance(step, int):
+                # A hand-edited or foreign row: reports skip it, as they skip a torn line.
+                (warn or _stderr)(f"warning: {path}: skipped line {number}, whose step is {step!r}, "
+                                  "not a whole number")
+                continue
+            rows.append(row)
         except json.JSONDecodeError as exc:
             if i == len(lines) - 1:
                 (warn or _stderr)(f"warning: {path}: skipped its last line ({number}), cut off mid-write "

@@ -173,3 +173,14 @@ def test_compare_draws_ci_bands_and_profiles(sweep, tmp_path, capsys):
     out, prof = tmp_path / "c" / "curves.png", tmp_path / "c" / "profiles.png"
     assert main(["compare", str(sweep), "--out", str(out), "--profile", str(prof)]) == 0
     assert out.stat().st_size > 10_000 and prof.stat().st_size > 10_000
+
+
+def test_a_damaged_run_record_or_metrics_row_is_skipped_with_a_note(sweep, capsys):
+    (sweep / "trial_00001" / "config.resolved.yaml").write_bytes(b"model: [unclosed\n\xff\xfe")
+    metrics = sweep / "trial_00002" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + json.dumps({"step": "twenty", "eval/normalized_score": 3.0}) + "\n")
+    assert main(["report", str(sweep)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped " + str(sweep / "trial_00001") in captured.err and "config.resolved.yaml cannot be read" in captured.err
+    assert "skipped line 4, whose step is 'twenty'" in captured.err and "Traceback" not in captured.err
+    assert "random" in captured.out

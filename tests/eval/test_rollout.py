@@ -163,3 +163,38 @@ def test_actions_are_drawn_from_the_softmax_by_inverse_cdf():
     grid = (torch.arange(100_000) + 0.5) / 100_000  # evenly spread draws: frequencies = probabilities
     counts = torch.bincount(sample_categorical(logits.expand(len(grid), 4), grid), minlength=4)
     torch.testing.assert_close(counts / len(grid), torch.tensor([0.2, 0.3, 0.5, 0.0]), atol=1e-4, rtol=0)
+
+
+def _tiny_run(tmp_path):
+    from raydt.train.loop import fit
+    from tests.helpers import quiet, tiny_config
+
+    fit(tiny_config("train.steps=2", "train.eval_every=2", "eval.max_steps=5"), tmp_path / "run", quiet())
+    return tmp_path / "run"
+
+
+def test_eval_honours_or_refuses_another_environment_and_reads_a_run_at_a_uri(tmp_path, capsys):
+    from raydt.cli import main
+
+    run = _tiny_run(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--env", "Walker2d-v4", "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--env Walker2d-v4: its states and actions are 17 and 6 wide, the model's 11 and 3" in err
+    assert "Traceback" not in err
+    # A run at a storage URI (file:// here; s3:// and gs:// go the same way) is read, not mangled.
+    assert main(["eval", run.resolve().as_uri(), "--episodes", "1", "--target", "100", "--json"]) == 0
+    assert '"eval/rtg100/normalized_score"' in capsys.readouterr().out
+
+
+def test_eval_of_a_decision_transformer_model_names_a_dataset_of_other_sizes(tmp_path, capsys):
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    from raydt.cli import main
+
+    config = DecisionTransformerConfig(state_dim=11, act_dim=3, hidden_size=32, n_layer=2, n_head=2, max_ep_len=1000)
+    DecisionTransformerModel(config).save_pretrained(tmp_path / "dt")
+    status = main(["eval", str(tmp_path / "dt"), "--dataset", "generated:halfcheetah-medium?steps=2000",
+                   "--episodes", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "--dataset generated:halfcheetah-medium?steps=2000: its states and actions are 17 and 6 wide" in err

@@ -57,6 +57,40 @@ def filesystem(uri: str):
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+IN_MEMORY = ("memory", "mock")
+"""fsspec schemes whose files live in one process: Ray's workers would each see their own."""
+
+
+def check_writable(location: str, what: str, probe: bool = True) -> None:
+    """Resolve ``location`` (a URI) as Ray will (pyarrow's filesystem for the URI) and, with
+    ``probe``, create it and write and delete a small file there: a one-line error naming
+    ``what`` now, not a traceback after Ray has started. Without ``probe`` (a dry run) it is
+    only resolved and its nearest existing folder looked up: nothing is written."""
+    import pyarrow.fs as pafs
+
+    scheme = str(location).split("://", 1)[0].lower()
+    if scheme in IN_MEMORY:
+        raise RaydtError(f"{what} {location}: {scheme}:// storage lives in one process, and every trial "
+                         "runs in its own; give a folder or shared storage (s3://, gs://, file://)")
+    fs, path = filesystem(str(location))
+    try:
+        if not probe:
+            folder = path
+            while fs.get_file_info(folder).type == pafs.FileType.NotFound and "/" in folder.strip("/"):
+                folder = folder.rstrip("/").rsplit("/", 1)[0]
+            if fs.get_file_info(folder).type == pafs.FileType.File:
+                raise RaydtError(f"{what} {location}: {folder} is a file; give a folder")
+            return
+        fs.create_dir(path, recursive=True)
+        marker = f"{path.rstrip('/')}/.raydt-write-probe-{os.getpid()}"
+        with fs.open_output_stream(marker) as out:
+            out.write(b"")
+        fs.delete_file(marker)
+    except OSError as exc:
+        raise RaydtError(f"{what} {location} cannot be written ({str(exc).splitlines()[0]}); give a "
+                         "writable folder or bucket") from None
+
+
 def exists(location: str | os.PathLike) -> bool:
     if not is_uri(location):
         return Path(location).exists()

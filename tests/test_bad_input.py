@@ -178,3 +178,18 @@ def test_hdf5_observations_stored_as_strings_are_named(tmp_path, capsys):
     data = _hopper_file(tmp_path / "hopper_medium-v2.hdf5", observations=np.array([b"x"] * 400).repeat(11).reshape(400, 11))
     status, err = run(capsys, "data", "info", f"d4rl:{data}")
     assert status == 2 and "stores observations as |S1 values" in one_line(err)
+
+
+@pytest.mark.parametrize("out, dry, says", [
+    ("file:///proc/nope/x", False, "cannot be written"),
+    ("memory://bucket/x", False, "memory:// storage lives in one process"),
+    ("memory://bucket/x", True, "memory:// storage lives in one process"),
+])
+def test_sweep_storage_is_checked_as_ray_will_use_it_before_ray_starts(capsys, out, dry, says):
+    import time
+
+    start = time.perf_counter()
+    status, err = run(capsys, "sweep", str(REPO / "tune_specs/quickstart.yaml"), "--out", out,
+                      *(["--dry-run"] if dry else []))
+    assert status == 2 and f"--out / tune.storage_path {out}" in one_line(err) and says in err
+    assert time.perf_counter() - start < 10  # no Ray started (that alone takes ~10 s)

@@ -361,8 +361,15 @@ def run_sweep(
 
     for log_config in {spec.trial_config(point).log for point in spec.discrete_points()}:
         check_trackers(log_config, remote_storage=storage.is_uri(storage_path))
-    if not dry_run and not storage.is_uri(storage_path):
+    # Storage is checked as Ray will use it, before a plan or Ray (a dry run writes nothing).
+    if storage.is_uri(storage_path):
+        storage.check_writable(storage_path, "--out / tune.storage_path", probe=not dry_run)
+    elif not dry_run:
         writable_dir(storage_path, "--out / tune.storage_path")
+    else:
+        blocker = next((p for p in [Path(storage_path), *Path(storage_path).parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise RaydtError(f"--out / tune.storage_path {storage_path}: {blocker} is a file; give a folder")
     if dry_run and address is None:
         shape = load_cluster_file(cluster_file) if cluster_file is not None else local_shape()
         try:

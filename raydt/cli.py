@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,57 @@ from raydt.storage import Mirror, is_uri, join, local_view
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# numeric options: argparse types that refuse a value that cannot work before any work
+# starts. They raise RaydtError, which argparse lets through (it catches only ValueError,
+# TypeError and ArgumentTypeError), so main prints it as one error: line, exit status 2.
+
+
+def _whole(option: str, least: int, wanted: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise RaydtError(f"{option} {text}: not a whole number; give {wanted}") from None
+        if value < least:
+            raise RaydtError(f"{option} {text}: give {wanted}")
+        return value
+
+    return parse
+
+
+def positive_int(option: str):
+    """A whole number ≥ 1 (counts: episodes, steps, replications, windows)."""
+    return _whole(option, 1, "a positive number")
+
+
+def nonnegative_int(option: str):
+    """A whole number ≥ 0 (seeds)."""
+    return _whole(option, 0, "0 or a positive number")
+
+
+def finite_float(option: str, least: float | None = None):
+    """A finite number (NaN and ±inf refused), at least ``least`` when given."""
+    wanted = "a finite number" if least is None else f"a finite number ≥ {least:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise RaydtError(f"{option} {text}: not a number; give {wanted}") from None
+        if not math.isfinite(value) or (least is not None and value < least):
+            raise RaydtError(f"{option} {text}: give {wanted}")
+        return value
+
+    return parse
+
+
+def kept_step(option: str):
+    """A kept checkpoint's step (a whole number ≥ 0) or "last"."""
+    step = _whole(option, 0, "a kept step (0 or a positive number) or last")
+    return lambda text: text if text == "last" else step(text)
 
 
 # --------------------------------------------------------------------------------------
@@ -353,20 +405,17 @@ def cmd_bench_convergence(args: argparse.Namespace) -> int:
     return 0
 
 
-def _step(value: str) -> int | str:
-    return value if value == "last" else int(value)
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from raydt import analyze as registry
     from raydt.analysis import run as analysis
 
     options = registry.Options(
-        pre=_step(args.pre), post=_step(args.post), step=None if args.step is None else _step(args.step),
+        pre=args.pre, post=args.post, step=args.step,
         windows=args.windows, mine_steps=args.mine_steps, protocol=args.protocol, definition=args.definition,
         mine_preset=args.mine_preset, representation=args.representation,
         log=lambda msg: print(msg, file=sys.stderr),
     )
+    registry.check(args.what, options)  # before any checkpoint is fetched or read
     # A sweep or a folder of runs: every run below it, each checked before any is measured.
     root = local_view(args.run_dir, checkpoints=True)
     run_dirs = analysis.run_dirs(root, registry.ANALYSES[args.what].steps(options))
@@ -425,8 +474,8 @@ def _add_data(sub) -> None:
 
     make = data.add_parser("make", help="generate a D4RL-style dataset on the MuJoCo simulator")
     make.add_argument("uri", help="generated:TASK-QUALITY, e.g. generated:hopper-medium")
-    make.add_argument("--steps", type=int, default=None, help="transitions (default: D4RL's size)")
-    make.add_argument("--seed", type=int, default=None, help="rollout seed (default 0)")
+    make.add_argument("--steps", type=positive_int("--steps"), default=None, help="transitions (default: D4RL's size)")
+    make.add_argument("--seed", type=nonnegative_int("--seed"), default=None, help="rollout seed (default 0)")
     make.add_argument("--force", action="store_true", help="remake even if the file exists")
     make.set_defaults(func=cmd_data_make)
 
@@ -434,9 +483,10 @@ def _add_data(sub) -> None:
         "train-policy", help="re-train a task's behaviour policies with ARS (ships with raydt)"
     )
     train_policy.add_argument("task", help="hopper, halfcheetah or walker2d")
-    train_policy.add_argument("--seed", type=int, default=0)
+    train_policy.add_argument("--seed", type=nonnegative_int("--seed"), default=0)
     train_policy.add_argument("--env", default="v4", help="gymnasium environment version (v4|v5)")
-    train_policy.add_argument("--env-steps", type=int, default=None, help="training budget in env steps")
+    train_policy.add_argument("--env-steps", type=positive_int("--env-steps"), default=None,
+                              help="training budget in env steps")
     train_policy.add_argument("--out", default=None, help="output .npz (default: the packaged file)")
     train_policy.set_defaults(func=cmd_data_train_policy)
 
@@ -459,7 +509,7 @@ def _add_reproduce(sub) -> None:
     rep = sub.add_parser("reproduce", help="train a run again from its directory and compare metrics.jsonl row by "
                                            "row (exit 0 match, 1 mismatch, 2 bad input)")
     rep.add_argument("run_dir", help="a run directory (its config.resolved.yaml, metrics.jsonl and run_info.json)")
-    rep.add_argument("--steps", type=int, default=None,
+    rep.add_argument("--steps", type=positive_int("--steps"), default=None,
                      help="reproduce the first N steps (default: the run's train.steps); the schedule stays the run's")
     rep.add_argument("--out", default=None, help="directory for the reproduction (default: a fresh temporary one)")
     rep.set_defaults(func=cmd_reproduce)
@@ -492,9 +542,11 @@ def _add_eval(sub) -> None:
     ev.add_argument("--dataset", default=None, help="a DecisionTransformerModel without raydt_eval.json: the "
                                                     "dataset whose state statistics it was trained with")
     ev.add_argument("--env", default=None, help="evaluation environment id, where nothing else names it")
-    ev.add_argument("--episodes", type=int, default=None, help="episodes per target (default: the run's)")
-    ev.add_argument("--target", type=float, action="append", default=None, help="target return (repeatable)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
+    ev.add_argument("--episodes", type=positive_int("--episodes"), default=None,
+                    help="episodes per target (default: the run's)")
+    ev.add_argument("--target", type=finite_float("--target"), action="append", default=None,
+                    help="target return (repeatable)")
+    ev.add_argument("--seed", type=nonnegative_int("--seed"), default=0, help="seed of the evaluation episodes")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_eval)
 
@@ -532,7 +584,7 @@ def _add_report(sub) -> None:
     report.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                         help="probability that group A improves on group B (labels as --intervals prints them)")
     report.add_argument("--profile", default=None, metavar="OUT.png", help="draw performance profiles (with CIs)")
-    report.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
+    report.add_argument("--reps", type=positive_int("--reps"), default=2000, help="bootstrap replications (default 2000)")
     report.add_argument("--wandb", default=None, metavar="PROJECT",
                         help="upload every run to this W&B project (a sweep run without log.wandb)")
     report.add_argument("--wandb-entity", default=None, help="W&B team or user for --wandb")
@@ -571,7 +623,8 @@ def _add_bench(sub) -> None:
     conv.add_argument("run_dir", help="a run directory, a sweep directory, or a folder of runs")
     conv.add_argument("--by", action="append", default=None, metavar="KEY",
                       help="group by this key (repeatable; default: the sweep's searched keys without the seed)")
-    conv.add_argument("--threshold", type=float, default=2.0, help="points within the best that count as converged (default 2)")
+    conv.add_argument("--threshold", type=finite_float("--threshold", least=0), default=2.0,
+                      help="points within the best that count as converged (default 2)")
     conv.add_argument("--metric", default="eval/normalized_score", help="metric of the curves (default eval/normalized_score)")
     conv.add_argument("--mode", choices=("max", "min"), default="max", help="whether higher (max) or lower (min) is better")
     conv.add_argument("--json", action="store_true", help="one JSON object per group")
@@ -586,14 +639,18 @@ def _add_analyze(sub) -> None:
     analyze.add_argument("what", choices=list(ANALYSES),
                          help="; ".join(f"{a.name}: {a.help}" for a in ANALYSES.values()))
     analyze.add_argument("run_dir", help="a run directory with kept checkpoints (train.keep_checkpoints)")
-    analyze.add_argument("--pre", default="0", help="kept step to compare from (default 0: before fine-tuning)")
-    analyze.add_argument("--post", default="last", help="kept step to compare to (default: the last checkpoint)")
-    analyze.add_argument("--step", default=None, help="the kept step mi or grads measures at (default: --post for "
+    analyze.add_argument("--pre", type=kept_step("--pre"), default=0,
+                         help="kept step to compare from (default 0: before fine-tuning)")
+    analyze.add_argument("--post", type=kept_step("--post"), default="last",
+                         help="kept step to compare to (default: the last checkpoint)")
+    analyze.add_argument("--step", type=kept_step("--step"), default=None,
+                         help="the kept step mi or grads measures at (default: --post for "
                                                          "mi, --pre for grads)")
-    analyze.add_argument("--windows", type=int, default=None,
+    analyze.add_argument("--windows", type=positive_int("--windows"), default=None,
                          help="fixed windows of the run's data to measure on (default: " + ", ".join(
                              f"{a.name} {a.windows}" for a in ANALYSES.values() if a.windows) + ")")
-    analyze.add_argument("--mine-steps", type=int, default=1000, help="training steps of each MINE estimate")
+    analyze.add_argument("--mine-steps", type=positive_int("--mine-steps"), default=1000,
+                         help="training steps of each MINE estimate")
     analyze.add_argument("--protocol", choices=("raydt", "takagi"), default="raydt",
                          help="grads: raydt's (every trained parameter, eval mode, before and after clipping) "
                               "or Takagi's code's (train mode, clipped, transformer blocks only; use with "
@@ -616,8 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from raydt import offline
 
     offline.apply()  # before any library that downloads is imported
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # inside: the numeric options' types raise RaydtError
         return int(args.func(args))
     except RaydtError as exc:
         print(f"error: {exc}", file=sys.stderr)

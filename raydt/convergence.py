@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from raydt.errors import DataError, RaydtError
 from raydt.figures import curves_figure, save_curves_figure
-from raydt.rundir import METRIC, find_runs, group_runs
+from raydt.rundir import METRIC, Run, find_runs, group_runs
 
 THRESHOLD = 2.0
 """Points of normalized score within which a curve counts as converged (Reid et al.)."""
@@ -199,13 +200,29 @@ def convergence(root: Path, by: Sequence[str] | None = None, threshold: float = 
                 metric: str = METRIC, mode: str = "max") -> tuple[list[str], list[GroupConvergence]]:
     """Convergence of every group of runs at or below ``root`` (a run, a sweep, or a folder
     of runs); groups as in ``raydt report`` (the searched keys without the seed, or ``by``)."""
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise RaydtError(f"--threshold {threshold}: give a finite number ≥ 0 (default {THRESHOLD:g})")
     runs = find_runs(Path(root), metric)
+    if not any(run.evals for run in runs):
+        raise RaydtError(_unlogged(root, metric, runs))
     keys, groups = group_runs(runs, by, Path(root))
     results = []
     for values, members in groups.items():
         curves = {t.name: Curve.from_rows(t.evals, metric) for t in members}
         results.append(group_convergence(curves, dict(zip(keys, values)), threshold, mode))
     return keys, results
+
+
+def _unlogged(root: Path, metric: str, runs: Sequence[Run]) -> str:
+    """Why no run logged ``metric``: the evaluation metrics they do log, or that none evaluated."""
+    names: set[str] = set()
+    for run in runs:
+        try:
+            names.update(k for row in run.dir.read_metrics() for k in row if k.startswith("eval/"))
+        except DataError:  # a damaged file: find_runs has warned about it already
+            pass
+    have = f"their evaluation metrics: {', '.join(sorted(names))}" if names else "none of them has evaluated yet"
+    return f"--metric {metric}: no run in {root} logged it; {have}"
 
 
 def _fmt(value: float | None, spec: str) -> str:

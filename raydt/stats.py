@@ -126,6 +126,12 @@ def quiet_bootstrap():
         yield
 
 
+def _check_reps(reps: int) -> None:
+    # rliable fails on 0 or fewer replications with an IndexError deep in its bootstrap.
+    if reps < 1:
+        raise RaydtError(f"--reps {reps}: give a positive number of bootstrap replications")
+
+
 def _aggregate(name: str):
     from rliable import metrics
 
@@ -141,6 +147,7 @@ def interval_estimates(scores: dict[str, np.ndarray], reps: int = 2000, seed: in
     shortfall from expert) and multiplied back."""
     from rliable import library as rly
 
+    _check_reps(reps)
     if not scores:
         return {}
     funcs = [_aggregate(a) for a in aggregates]
@@ -165,6 +172,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int = 2000, s
     from rliable import library as rly
     from rliable import metrics
 
+    _check_reps(reps)
     if x.shape[1] != y.shape[1]:
         raise RaydtError("probability of improvement needs the same tasks in both groups")
     with quiet_bootstrap():
@@ -180,6 +188,7 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
     """Group → (fraction of runs with score > τ for each τ, CI low, CI high)."""
     from rliable import library as rly
 
+    _check_reps(reps)
     if not scores:
         return {}
     with quiet_bootstrap():

@@ -523,6 +523,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_SPEC_BYTES = 1 << 20
+"""Largest spec file read: YAML's parser takes gigabytes and minutes on tens of megabytes,
+and no spec comes near this."""
+
+
 def read_spec(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
     """Read a spec file and its ``extends:`` parents into one :class:`RawSpec`.
 
@@ -540,6 +545,10 @@ def read_spec(path: str | Path, _chain: tuple[Path, ...] = ()) -> RawSpec:
     if resolved in _chain:
         cycle = " → ".join(str(p) for p in (*_chain, resolved))
         raise ConfigError(f"{path}: extends itself through {cycle}; remove one link of the cycle")
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise ConfigError(f"{path}: {size / 2**20:.1f} MiB is not a spec (specs are a few KiB; the limit is "
+                          f"{MAX_SPEC_BYTES // 2**20} MiB); give the run's YAML spec, not a data file")
     try:
         text = path.read_text()
     except UnicodeDecodeError:

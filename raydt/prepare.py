@@ -80,6 +80,11 @@ def resolve_run_data(cfg: ExperimentConfig, log: Callable[[str], None] = print) 
         raise ConfigError(f"no default target returns for {env_id}; set eval.target_returns")
     if not isinstance(traj, AtariTrajectories):
         check_action_range(traj.actions, cfg.data.dataset, log)
+    longest = int(traj.lengths.max())
+    if cfg.data.context_length > longest:
+        raise ConfigError(f"data.context_length={cfg.data.context_length} exceeds the longest episode of "
+                          f"{cfg.data.dataset} ({longest} steps): the rest of every window would be padding; "
+                          f"give at most {longest}")
     max_timestep = max(int(traj.timesteps.max()) + 1, task.max_episode_steps if task else 0)
     return RunData(traj, env_id, targets, max_timestep)
 

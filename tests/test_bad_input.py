@@ -193,3 +193,31 @@ def test_sweep_storage_is_checked_as_ray_will_use_it_before_ray_starts(capsys, o
                       *(["--dry-run"] if dry else []))
     assert status == 2 and f"--out / tune.storage_path {out}" in one_line(err) and says in err
     assert time.perf_counter() - start < 10  # no Ray started (that alone takes ~10 s)
+
+
+def test_context_length_past_every_episode_or_memory_is_refused_naming_it(tmp_path, capsys):
+    from raydt.train.loop import check_mask_fits
+    from tests.helpers import TINY_RUN, tiny_config
+
+    tiny = [a for s in TINY_RUN for a in ("--set", s)]
+    status, err = run(capsys, "train", SPEC, "--no-ray", "--out", str(tmp_path / "run"), *tiny,
+                      "--set", "data.context_length=100000")
+    assert status == 2 and "data.context_length=100000 exceeds the longest episode" in one_line(err)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    cfg = tiny_config("data.context_length=1000", "train.batch_size=64")  # 64 masks of 3000×3000: 0.54 GiB
+    check_mask_fits(cfg, 1, torch_device("cpu"), available=2**30)
+    with pytest.raises(Exception, match=r"data.context_length=1000 needs more than 0.5 GiB .* cpu has 0.2 GiB free"):
+        check_mask_fits(cfg, 1, torch_device("cpu"), available=2**28)
+
+
+def test_a_spec_of_megabytes_is_refused_before_it_is_parsed(tmp_path, capsys):
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("train:\n  steps: 2\n" + "# padding\n" * 200_000)
+    status, err = run(capsys, "train", str(spec), "--no-ray")
+    assert status == 2 and "MiB is not a spec" in one_line(err)
+
+
+def torch_device(name):
+    import torch
+
+    return torch.device(name)

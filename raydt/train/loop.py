@@ -130,6 +130,28 @@ def bound_gpu_memory(share: float, device: torch.device, set_fraction: Callable 
     return True
 
 
+def check_mask_fits(cfg: ExperimentConfig, world_size: int, device: torch.device,
+                    available: int | None = None) -> None:
+    """Refuse a context length whose attention mask alone (one (3K, 3K) mask per window of a
+    rank's batch, which the backbone's attention reads) exceeds the memory free on ``device``:
+    a one-line error naming data.context_length instead of an allocation traceback or the
+    OOM killer. A lower bound: the run needs more than this."""
+    tokens = 3 * cfg.data.context_length
+    need = cfg.train.batch_size // max(world_size, 1) * tokens * tokens  # bytes, boolean
+    if available is None:
+        if device.type == "cuda":
+            available = torch.cuda.mem_get_info(device)[0]
+        else:
+            import psutil
+
+            available = psutil.virtual_memory().available
+    if need > available:
+        raise ConfigError(f"data.context_length={cfg.data.context_length} needs more than {need / 2**30:.1f} GiB for "
+                          f"its attention masks alone ({cfg.train.batch_size // max(world_size, 1)} windows of "
+                          f"{tokens}×{tokens} tokens), and {device.type} has {available / 2**30:.1f} GiB free; "
+                          "lower data.context_length or train.batch_size")
+
+
 def out_of_memory(cfg: ExperimentConfig, exc: BaseException) -> RaydtError:
     """A CUDA out-of-memory error as what to change: the same run would run out again."""
     share = gpu_share(cfg)
@@ -273,6 +295,7 @@ class Trainer:
         pulled = artifacts.lookup("backbone", self.needs.get("backbone", ""))
         self.backbone_source = str(pulled) if pulled is not None else resolve_backbone(cfg.model.backbone, cfg.model, log=quiet)
         self._build_model(data, quiet)
+        check_mask_fits(cfg, ctx.world_size, ctx.device)
         self._build_objectives(quiet)
         self.model.to(ctx.device)
         self.objective.to(ctx.device)

@@ -14,7 +14,6 @@ from raydt.config import ExperimentConfig
 from raydt.errors import RaydtError, RunFailed
 from raydt.rundir import CONFIG, METRICS, SWEEP_SPEC, RunDir, flatten, last_checkpoint_uri
 
-
 RESUMABLE_CHANGES = ("train.steps", "train.eval_every", "train.log_every", "train.early_stop_patience",
                      "train.keep_checkpoints", "train.compile", "eval.", "resources.", "log.")
 """Keys (or section prefixes) a resumed run may change: its budget, evaluation, resources and

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from raydt.errors import RaydtError
+from raydt.errors import RaydtError, RunFailed
 from raydt.fsutil import data_dir, writable_dir
 from raydt.rundir import RunDir, SweepDir
 from raydt.storage import Mirror, is_uri, join, local_view
@@ -206,7 +206,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               dataset=args.dataset, env_id=args.env, log=_log)
     else:
         metrics = evaluate_checkpoint(
-            Path(args.checkpoint), episodes=args.episodes, targets=args.target, seed=args.seed, log=_log
+            args.checkpoint, episodes=args.episodes, targets=args.target, seed=args.seed, log=_log, env_id=args.env
         )
     if args.json:
         print(json.dumps(metrics))
@@ -228,7 +228,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from raydt.tune.run import Plan, run_sweep
 
     outcome = run_sweep(spec, out=args.out, address=args.address, resume=args.resume,
-                        dry_run=args.dry_run, log=_log, cluster_file=args.cluster)
+                        dry_run=args.dry_run, log=_log, cluster_file=args.cluster, retry_failed=args.retry_failed)
     if isinstance(outcome, Plan):
         print("\n".join([f"sweep {spec.name} ({spec.path})", *filter(None, outcome.lines())]))
         if spec.replicated:
@@ -255,17 +255,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{len(outcome.trials) - len(errored)} trial(s) TERMINATED, {len(errored)} in ERROR")
     for trial in errored:
         print(f"  {trial['trial']}: {trial['error']}")
-    if "://" not in outcome.sweep_dir:
+    if "://" not in outcome.sweep_dir and len(errored) < len(outcome.trials):
         from raydt.points import format_points, point_rows, replicated_settings
 
         settings = replicated_settings(Path(outcome.sweep_dir))
         if settings is not None:
             print(format_points(settings, point_rows(Path(outcome.sweep_dir), settings)))
         else:
-            print(format_table(*summarize(Path(outcome.sweep_dir))))
+            try:
+                print(format_table(*summarize(Path(outcome.sweep_dir))))
+            except RunFailed:  # the trials that finished wrote no run either: the list above says why
+                pass
     if errored:
+        again = shlex.join(["raydt", "sweep", args.spec, *(a for s in args.set or [] for a in ("--set", s)),
+                            *(["--out", args.out] if args.out else []),
+                            *(["--address", args.address] if args.address else []), "--resume", "--retry-failed"])
         print(f"error: {len(errored)} of {len(outcome.trials)} trial(s) failed (above; full logs in each "
-              "trial's directory)", file=sys.stderr)
+              f"trial's directory); once fixed, run them again with: {again}", file=sys.stderr)
     return 1 if errored else 0
 
 
@@ -276,7 +282,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         hf_dt.check_push(args.push_to_hub)
     command = shlex.join(["raydt", "export", args.run_dir, "--format", args.format, "--out", args.out,
                           *(["--push-to-hub", args.push_to_hub] if args.push_to_hub else [])])
-    out = hf_dt.export_run(Path(args.run_dir), Path(args.out), command=command, log=_log)
+    out = hf_dt.export_run(Path(args.run_dir), Path(args.out), command=command, log=_log,
+                           overwrite=args.overwrite)
     if args.push_to_hub:
         print(f"pushed: {hf_dt.push(out, args.push_to_hub)}")
     print(out)
@@ -529,7 +536,10 @@ def _add_export(sub) -> None:
     export = sub.add_parser("export", help="a run as a Hugging Face DecisionTransformerModel")
     export.add_argument("run_dir", help="a run directory (its last checkpoint is exported)")
     export.add_argument("--format", choices=("hf",), default="hf", help="hf: transformers' DecisionTransformerModel")
-    export.add_argument("--out", required=True, help="directory to write (weights, config, raydt_eval.json, README.md)")
+    export.add_argument("--out", required=True, help="directory to write (weights, config, raydt_eval.json, README.md); "
+                        "new, empty or an earlier export, replaced only once the new export is complete")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds other files (all of them go)")
     export.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
                         help="also upload it (token from HF_TOKEN or `hf auth login`)")
     export.set_defaults(func=cmd_export)
@@ -562,6 +572,8 @@ def _add_sweep(sub) -> None:
     sweep.add_argument("--cluster", default=None, metavar="CLUSTER.yaml",
                        help="with --dry-run: plan for this cluster file's node types (e.g. clusters/aws.yaml)")
     sweep.add_argument("--resume", action="store_true", help="finish an interrupted sweep")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="with --resume: run the trials that ended in error again, each from its last checkpoint")
     sweep.set_defaults(func=cmd_sweep)
 
 

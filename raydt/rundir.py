@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from raydt.errors import DataError, RaydtError
+from raydt.errors import DataError, RaydtError, RunFailed
 
 CONFIG = "config.resolved.yaml"
 RUN_INFO = "run_info.json"
@@ -280,6 +280,12 @@ def find_runs(root: Path, metric: str = METRIC) -> list[Run]:
             continue
         runs.append(Run(name, run_dir.path, config, [r for r in rows if metric in r]))
     if not runs:
+        failed = SweepDir(root).failed_trials()
+        if failed:  # a sweep whose every trial failed before it wrote a run: say why, not "empty"
+            listed = "; ".join(f"{name}: {error}" for name, error in sorted(failed.items())[:5])
+            more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+            raise RunFailed(f"{root}: no trial wrote a run; {len(failed)} trial(s) failed: {listed}{more} (full logs "
+                            "in each trial's directory)")
         raise RaydtError(f"{root} holds no run directories (no {CONFIG} below it)")
     return runs
 

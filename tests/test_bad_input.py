@@ -221,3 +221,49 @@ def torch_device(name):
     import torch
 
     return torch.device(name)
+
+
+def _all_failed_sweep(root):
+    import json
+
+    root.mkdir()
+    (root / "sweep.yaml").write_text("searched_keys: [train.seed]\n")
+    rows = [{"trial": f"trial_0000{i}", "status": "ERROR", "error": f"DataError: seed {i} broke", "step": None}
+            for i in range(2)]
+    for row in rows:
+        (root / row["trial"]).mkdir()
+    (root / "trials.json").write_text(json.dumps(rows))
+    return rows
+
+
+def test_a_sweep_whose_every_trial_failed_exits_1_listing_them(tmp_path, capsys, monkeypatch):
+    import raydt.tune.run as tune_run
+
+    rows = _all_failed_sweep(tmp_path / "sweep")
+    monkeypatch.setattr(tune_run, "run_sweep", lambda *a, **k: tune_run.SweepOutcome(str(tmp_path / "sweep"), rows))
+    status = main(["sweep", str(REPO / "tune_specs/quickstart.yaml")])
+    captured = capsys.readouterr()
+    assert status == 1 and "holds no run directories" not in captured.err + captured.out
+    assert "trial_00000: DataError: seed 0 broke" in captured.out and "2 of 2 trial(s) failed" in captured.err
+    # report, compare and bench name the failures too, as a failed sweep (exit 1)
+    for command in (["report"], ["compare", "--out", str(tmp_path / "c.png")], ["bench", "convergence"]):
+        status, err = run(capsys, *command, str(tmp_path / "sweep"))
+        line = one_line(err)
+        assert status == 1 and "2 trial(s) failed: trial_00000: DataError: seed 0 broke" in line, command
+
+
+def test_a_sweep_without_address_says_which_running_cluster_it_joined(monkeypatch):
+    import ray
+
+    from raydt.train import worker
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")  # what `ray start` or a user's shell leaves behind
+    assert worker.running_cluster() == "10.1.2.3:6379"
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **_: None)
+    said = []
+    worker.connect(None, log=said.append)
+    assert said and "joined the Ray cluster already running at 10.1.2.3:6379" in said[0] and "--address local" in said[0]
+    said.clear()
+    worker.connect("local", log=said.append)  # an address given: nothing joined by surprise
+    assert said == []

@@ -250,7 +250,7 @@ REPORT_POLL_SECONDS = 0.25
 """How often Ray Train's controller polls the workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``)."""
 
 
-def connect(address: str | None = None) -> None:
+def connect(address: str | None = None, log: Callable[[str], None] = print) -> None:
     """Join the Ray cluster at ``address`` (or start a local one) unless already joined.
 
     Ray Train's controller takes one ``ray.train.report`` from a worker's queue per poll,
@@ -263,8 +263,23 @@ def connect(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    existing = running_cluster() if address is None else None
     interval = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(REPORT_POLL_SECONDS))
     ray.init(address=address, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}})
+    if existing:  # Ray joins it silently; its nodes, not this machine, are what the run gets
+        log(f"joined the Ray cluster already running at {existing} (RAY_ADDRESS, or a `ray start` on this "
+            "machine); give --address local to start a fresh one instead")
+
+
+def running_cluster() -> str | None:
+    """The address of the Ray cluster ``ray.init()`` without an address would join (the
+    RAY_ADDRESS variable, or a cluster started with ``ray start`` on this machine), else None."""
+    try:
+        from ray._private import services
+
+        return services.canonicalize_bootstrap_address(None)
+    except Exception:  # a private helper: if it moves, only this notice is lost
+        return None
 
 
 def run_with_ray(config: ExperimentConfig, run_dir: Path | str, address: str | None = None,

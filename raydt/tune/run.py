@@ -345,10 +345,16 @@ def run_sweep(
     dry_run: bool = False,
     log: Callable[[str], None] = print,
     cluster_file: str | None = None,
+    retry_failed: bool = False,
 ) -> SweepOutcome | Plan:
     """Run (or with ``dry_run`` only plan) the sweep ``spec``; ``cluster_file`` (a cluster
-    YAML) plans it for that cluster instead of this machine or the one at ``address``."""
+    YAML) plans it for that cluster instead of this machine or the one at ``address``.
+    ``retry_failed`` (with ``resume``): trials that ended in error run again, each from its
+    last checkpoint."""
     storage_path, sweep_dir = sweep_location(spec, out)
+    if retry_failed and not resume:
+        raise ConfigError("--retry-failed runs again the failed trials of an interrupted or finished sweep: "
+                          "use it with --resume")
     if cluster_file is not None and (not dry_run or address is not None):
         raise ConfigError("--cluster plans a sweep for a cluster file: use it with --dry-run and without "
                           "--address (a sweep runs on, and a dry run with --address plans for, the cluster it joins)")
@@ -392,7 +398,7 @@ def run_sweep(
             raise RaydtError(f"--resume: {sweep_dir} holds no sweep to resume")
     from raydt.train.worker import cluster_shape, connect
 
-    connect(address)
+    connect(address, log)
     # What the cluster can become, not only the nodes up now: on an autoscaling cluster the
     # trials' pending placement groups are what make the autoscaler launch their nodes.
     plan = plan_sweep(spec, cluster_shape())
@@ -416,7 +422,22 @@ def run_sweep(
         "plan": {"num_trials": plan.num_trials, "concurrency": plan.concurrency},
         "report": dict(spec.report),
     }, sort_keys=False))
-    return _fit(spec, storage_path, sweep_dir, plan, resume, log, prepared)
+    if resume and not retry_failed:
+        failed = _failed_before(sweep_dir)
+        if failed:
+            log(f"note: {failed} trial(s) failed in an earlier session and stay failed; add --retry-failed to "
+                "run them again")
+    return _fit(spec, storage_path, sweep_dir, plan, resume, log, prepared, retry_failed)
+
+
+def _failed_before(sweep_dir: str) -> int:
+    """How many trials the sweep's last session recorded in error (0 if it recorded none)."""
+    trials = storage.join(sweep_dir, TRIALS)
+    try:
+        rows = json.loads(storage.read_text(trials)) if storage.exists(trials) else []
+    except (OSError, ValueError):
+        return 0
+    return sum(1 for r in rows if isinstance(r, dict) and r.get("status") == "ERROR")
 
 
 def preparation_configs(spec: SweepSpec) -> list[ExperimentConfig]:
@@ -441,7 +462,7 @@ PREPARED_BY_VALUE = {"loss.kmeans_clusters": "k-means centres", "model.n_embd": 
 
 
 def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume: bool, log,
-         prepared) -> SweepOutcome:
+         prepared, retry_failed: bool = False) -> SweepOutcome:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -456,8 +477,9 @@ def _fit(spec: SweepSpec, storage_path: str, sweep_dir: str, plan: Plan, resume:
         {"cpu": 0, "memory": 1 << 20},
     )
     if resume:
+        # A failed trial is retried only when asked: most failures (bad input) fail again.
         tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+                                   resume_errored=retry_failed, restart_errored=False)
     else:
         tuner = tune.Tuner(
             trainable,

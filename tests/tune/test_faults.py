@@ -113,3 +113,14 @@ def test_a_diverged_trial_fails_once_and_the_sweep_says_so(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "tiny")]) == 0
     assert "failed trial trial_00001: training diverged" in capsys.readouterr().out
+    assert "run them again with: " in err and "--resume --retry-failed" in err
+    # --resume leaves a failed trial failed, and says how to run it again; nothing trains.
+    proc = raydt_sweep(str(spec), "--resume")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "1 trial(s) failed in an earlier session and stay failed; add --retry-failed" in out + err
+    assert "backbone random" not in out + err
+    # --retry-failed runs it again (here it diverges again: the same permanent error, once).
+    proc = raydt_sweep(str(spec), "--resume", "--retry-failed")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "backbone random" in out + err and "stay failed" not in out + err
+    assert "trial_00001: training diverged" in out

@@ -168,10 +168,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir: Path | str = args.out.rstrip("/") if args.out and is_uri(args.out) else \
         writable_dir(Path(args.out) if args.out else Path("runs") / Path(args.spec).stem, "--out")
     writable_dir(data_dir(), "RAYDT_DATA_DIR (raydt's data cache)")
-    metrics = run_training(
-        config, run_dir, use_ray=not args.no_ray, resume=args.resume, overwrite=args.overwrite,
-        address=args.address, log=_log,
-    )
+    try:
+        metrics = run_training(
+            config, run_dir, use_ray=not args.no_ray, resume=args.resume, overwrite=args.overwrite,
+            address=args.address, log=_log,
+        )
+    except KeyboardInterrupt:
+        from raydt import storage
+        from raydt.rundir import RunDir, last_checkpoint_uri
+
+        kept = storage.exists(last_checkpoint_uri(str(run_dir))) if is_uri(run_dir) else RunDir(Path(run_dir)).last.is_file()
+        again = ["raydt", "train", args.spec, *(a for s in args.set or [] for a in ("--set", s)), "--out", str(run_dir),
+                 *(["--address", args.address] if args.address else []), *(["--no-ray"] if args.no_ray else [])]
+        if kept:
+            print(f"error: training interrupted; {run_dir} keeps its last checkpoint; continue with: "
+                  f"{shlex.join([*again, '--resume'])}", file=sys.stderr)
+        else:
+            print(f"error: training interrupted before its first checkpoint (written at each evaluation); start "
+                  f"again with: {shlex.join([*again, '--overwrite'])}", file=sys.stderr)
+        return 130
     summary = {k: metrics[k] for k in ("eval/normalized_score", "eval/best_normalized_score",
                                        "eval/return_mean", "perf/train_seconds") if k in metrics}
     print(json.dumps({"run_dir": str(run_dir), "step": metrics.get("step"), **summary}))

@@ -267,3 +267,29 @@ def test_a_sweep_without_address_says_which_running_cluster_it_joined(monkeypatc
     said.clear()
     worker.connect("local", log=said.append)  # an address given: nothing joined by surprise
     assert said == []
+
+
+def test_ctrl_c_during_train_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    from tests.helpers import TINY_RUN, wait_for
+
+    out = tmp_path / "run"
+    tiny = [a for s in TINY_RUN for a in ("--set", s)]
+    for eval_every, ending in ((50000, "--no-ray --overwrite"), (4, "--no-ray --resume")):
+        proc = subprocess.Popen([sys.executable, "-m", "raydt", "train", SPEC, "--no-ray", "--out", str(out), *tiny,
+                                 "--set", "train.steps=100000", "--set", f"train.eval_every={eval_every}",
+                                 *(["--overwrite"] if eval_every == 4 else [])],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+        # Interrupted before any checkpoint, then after one: each message says what works.
+        checkpoint = out / "checkpoints" / "last.pt"
+        wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0
+                 and (eval_every != 4 or checkpoint.is_file()), timeout=120)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+        line = one_line(err)
+        assert "training interrupted" in line and f"--out {out}" in line and line.endswith(ending), line

@@ -699,7 +699,7 @@ class Trainer:
         atomic_write_text(self.files.config, to_yaml(self.config))
         atomic_write_text(self.files.run_info, json.dumps(self.run_info(), indent=1))
         sinks: list[Sink] = [JsonlSink(self.files.metrics, resume_step=self.step if resume else None),
-                             TensorBoardSink(self.run_dir)]
+                             TensorBoardSink(self.run_dir, purge_step=self.step + 1 if resume else None)]
         from raydt.trackers import enabled, identity, open_trackers
 
         if enabled(self.config.log):

@@ -251,3 +251,18 @@ def test_a_run_directory_in_use_or_holding_a_sweep_is_refused(tmp_path):
     (sweep / "sweep.yaml").write_text("{}")
     with pytest.raises(RaydtError, match="holds a sweep \\(sweep.yaml\\)"):
         run_training(tiny_config(), sweep, use_ray=False, log=lambda _: None)
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # A session that logged past its last checkpoint (step 4) before it stopped...
+    fit(tiny_config("train.steps=8", "train.keep_checkpoints=[4]"), tmp_path, quiet())
+    shutil.copy(tmp_path / "checkpoints" / "step_4.pt", tmp_path / "checkpoints" / "last.pt")
+    # ...resumed from step 4: steps 6 and 8 are logged again, into a second event file.
+    fit(tiny_config("train.steps=8", "train.keep_checkpoints=[4]"), tmp_path, quiet(), resume=True)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]  # not 2, 4, 6, 8, 6, 8

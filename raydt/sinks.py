@@ -117,10 +117,13 @@ def _stderr(message: str) -> None:
 class TensorBoardSink(Sink):
     """Scalars and an HParams entry in ``log_dir``."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # A resumed run's new event file tells TensorBoard to drop what earlier files hold at
+        # steps ≥ purge_step (logged after the checkpoint by the session that stopped), so the
+        # resumed steps appear once.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         for key, value in metrics.items():

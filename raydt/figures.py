@@ -22,11 +22,18 @@ def curves_figure():
 
 
 def save_figure(fig, out: Path) -> Path:
-    """Write ``fig`` to ``out`` (PNG, parents made) and release it."""
+    """Write ``fig`` to ``out`` (the format of its suffix, PNG without one; parents made) and
+    release it. Written atomically: a failed write leaves an earlier figure there, and a
+    full disk is one line naming ``out``."""
+    from raydt.fsutil import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    pyplot().close(fig)
+    try:
+        with atomic_path(out) as tmp:
+            # The temporary's name ends in .tmp-PID: the format comes from out's.
+            fig.savefig(tmp, dpi=120, format=out.suffix[1:].lower() or "png")
+    finally:
+        pyplot().close(fig)
     return out
 
 

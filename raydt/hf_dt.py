@@ -15,6 +15,8 @@ returns, context length) travels in ``raydt_eval.json`` beside the weights.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -183,10 +185,44 @@ def load_hf_weights(model: DecisionTransformer, hf) -> None:
         wpe.copy_(theirs["encoder.wpe.weight"][0].expand_as(wpe))
 
 
-def export_run(run_dir: Path, out: Path, command: str | None = None, log: Callable[[str], None] = print) -> Path:
+EXPORT_FILES = re.compile(r"(generation_)?config\.json|model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?|"
+                          rf"{re.escape(SIDECAR)}|README\.md")
+"""What an export holds (transformers' files, the sidecar and the card): a folder of only
+these, sidecar included, is an earlier export, which a new one may replace."""
+
+
+def is_export(folder: Path) -> bool:
+    names = [p.name for p in Path(folder).iterdir()]
+    return SIDECAR in names and all(EXPORT_FILES.fullmatch(n) for n in names)
+
+
+def check_out(out: Path, run_dir: Path, overwrite: bool = False) -> None:
+    """Refuse, before anything is built, an ``--out`` that an export must not replace: a file,
+    the folder holding the run, or a user's folder (not empty, not an earlier export)
+    unless ``overwrite``."""
+    from raydt.fsutil import writable_dir
+
+    if out.exists() and not out.is_dir():
+        raise RaydtError(f"--out {out} is a file; give a directory (it is made if missing)")
+    target = out.resolve()
+    # Where the export is staged (raydt.fsutil.atomic_dir): beside out, or in it if it is a mount point.
+    writable_dir(target if os.path.ismount(target) else target.parent, f"--out {out}: the folder")
+    if not out.is_dir() or not any(out.iterdir()) or is_export(out):
+        return
+    if Path(run_dir).resolve().is_relative_to(out.resolve()):
+        raise RaydtError(f"--out {out} holds the run being exported ({run_dir}); give another folder")
+    if not overwrite:
+        raise RaydtError(f"--out {out} is not empty and is not an earlier raydt export; give a new or empty "
+                         "folder, or add --overwrite to replace it and everything in it")
+
+
+def export_run(run_dir: Path, out: Path, command: str | None = None, log: Callable[[str], None] = print,
+               overwrite: bool = False) -> Path:
     """Write ``run_dir``'s last checkpoint as a DecisionTransformerModel directory: weights in
-    safetensors, ``raydt_eval.json`` and a model card (README.md)."""
-    from raydt.fsutil import atomic_write_text, writable_dir
+    safetensors, ``raydt_eval.json`` and a model card (README.md). The export is written
+    beside ``out`` and takes its place once complete; ``out`` may be new, empty or an
+    earlier export, or anything with ``overwrite`` (:func:`check_out`)."""
+    from raydt.fsutil import atomic_dir
     from raydt.model.dt import rebuild_model
     from raydt.rundir import RunDir
     from raydt.train.checkpoint import load_checkpoint
@@ -195,14 +231,16 @@ def export_run(run_dir: Path, out: Path, command: str | None = None, log: Callab
     model = rebuild_model(ModelArgs(**payload["model_args"]))
     model.load_state_dict(payload["model"])
     expressible(model.args)
-    out = writable_dir(out, "--out")
+    out = Path(out).expanduser()
+    check_out(out, Path(run_dir), overwrite)
     hf = to_hf(model)
-    hf.save_pretrained(out)
     sidecar = sidecar_of(payload)
-    atomic_write_text(out / SIDECAR, json.dumps(sidecar, indent=1))
     scores = _scores(RunDir(run_dir))
     command = command or shlex.join(["raydt", "export", str(run_dir), "--format", "hf", "--out", str(out)])
-    atomic_write_text(out / "README.md", model_card(payload, sidecar, scores, command))
+    with atomic_dir(out) as staged:
+        hf.save_pretrained(staged)
+        (staged / SIDECAR).write_text(json.dumps(sidecar, indent=1))
+        (staged / "README.md").write_text(model_card(payload, sidecar, scores, command))
     log(f"exported step {payload['step']} of {run_dir} to {out} (DecisionTransformerModel, safetensors)")
     return out
 

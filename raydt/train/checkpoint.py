@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,31 @@ import torch
 
 from raydt.errors import RaydtError
 from raydt.fsutil import atomic_path
-from raydt.rundir import LAST, RunDir
+from raydt.rundir import CHECKPOINTS, LAST, RunDir
+
+TEMPORARY = re.compile(r"\..+\.pt\.tmp-\d+")
+"""The temporary file of a checkpoint write in progress (:func:`raydt.fsutil.atomic_path`)."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
+    """Write ``payload`` to ``path`` through a temporary file and a rename: a write that fails
+    (a full disk is one line naming ``path``) or is killed leaves the previous checkpoint."""
+    remove_stale_temporaries(Path(path).parent)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Remove what checkpoint writes killed midway left in ``folder`` (``.NAME.pt.tmp-PID``).
+    Called before every checkpoint write, so a run that starts or resumes in a directory
+    clears them (and frees their space) before its first checkpoint: a run directory has
+    one writer (its lock) writing one checkpoint at a time, so every such file is stale.
+    No other file is touched."""
+    if Path(folder).is_dir():
+        for entry in Path(folder).iterdir():
+            if TEMPORARY.fullmatch(entry.name) and entry.is_file():
+                entry.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -36,8 +54,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     through ``load_state_dict``, which copies into tensors already there.
     """
     path = Path(path)
-    if path.is_dir():
-        path = RunDir(path).last if RunDir(path).checkpoints.is_dir() else path / LAST
+    if path.is_dir():  # a run directory, or its checkpoints folder: the file it holds, else its name there
+        found = [p for p in (RunDir(path).last, path / LAST) if p.is_file()]
+        path = found[0] if found else path / LAST if path.name == CHECKPOINTS else RunDir(path).last
     if not path.is_file():
         raise RaydtError(f"checkpoint {path} not found; give a run directory or a .pt file it wrote")
     try:

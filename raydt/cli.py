@@ -86,6 +86,11 @@ def cmd_spec_show(args: argparse.Namespace) -> int:
 
         sys.stdout.write(sweep_yaml(load_sweep(args.file, args.set), doc=args.doc))
         return 0
+    if "corpus" in {key.split(".", 1)[0] for key in read_spec(args.file).values}:  # a pre-training spec
+        from raydt.pretrain.config import load_pretrain_config
+
+        sys.stdout.write(to_yaml(load_pretrain_config(args.file, args.set), doc=args.doc))
+        return 0
     config = load_config(args.file, args.set)
     sys.stdout.write(to_yaml(config, doc=args.doc))
     return 0
@@ -355,6 +360,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def short_label(name: str) -> str:
+    """A group named with full keys (``optim.lr=0.0003``, as table headers show them) in the
+    labels groups carry (``lr=0.0003``: the last part of each key)."""
+    parts = []
+    for part in name.split(", "):
+        key, sep, value = part.partition("=")
+        parts.append(f"{key.strip().rsplit('.', 1)[-1]}{sep}{value}" if sep else part)
+    return ", ".join(parts)
+
+
 def _report_intervals(args: argparse.Namespace, root: Path) -> None:
     """Interval estimates, probability of improvement and performance profiles (rliable)."""
     import numpy as np
@@ -366,6 +381,10 @@ def _report_intervals(args: argparse.Namespace, root: Path) -> None:
         raise RaydtError(f"{root}: no group has an evaluated run for every dataset; nothing to estimate")
     shape = ", ".join(f"{g}: {m.shape[0]} run(s) × {m.shape[1]} dataset(s)" for g, m in final.scores.items())
     print(f"\ninterval estimates over seeds and datasets ({shape}); stratified bootstrap, {args.reps} reps, 95% CI")
+    single = [g for g, m in final.scores.items() if m.shape[0] < 2]
+    if single:  # a bootstrap of one run per dataset resamples nothing: zero-width intervals
+        print(f"warning: {', '.join(single)}: one run per dataset (n = 1): its intervals have no width and "
+              "comparisons with it are certain by construction; add seeds before reading them")
     if args.intervals:
         for which in ("final", "best", "converged_step"):
             m = final if which == args.score else stats.score_matrices(root, by=args.by, which=which)
@@ -378,12 +397,14 @@ def _report_intervals(args: argparse.Namespace, root: Path) -> None:
 
         # A group by its label, or by the name the spec's report: labels give it.
         names = {v: k for k, v in sweep_layout(root).labels.items()}
-        a, b = (names.get(name, name) for name in args.compare)
+        a, b = (names.get(name, short_label(name)) for name in args.compare)
         missing = [g for g in (a, b) if g not in final.scores]
         if missing:
             raise RaydtError(f"--compare {' '.join(missing)}: no such group; groups: {', '.join(final.scores)}")
         point, low, high = stats.probability_of_improvement(final.scores[a], final.scores[b], reps=args.reps)
-        print(f"P({a} > {b}) = {point:.3f} [{low:.3f}, {high:.3f}] ({args.score} score)")
+        few = min(final.scores[a].shape[0], final.scores[b].shape[0])
+        print(f"P({a} > {b}) = {point:.3f} [{low:.3f}, {high:.3f}] ({args.score} score)"
+              + (f"  (n = {few}: not evidence)" if few < 2 else ""))
     if args.profile:
         writable_dir(Path(args.profile).parent, "--profile's folder")
         taus = np.linspace(0, 110, 111)

@@ -25,6 +25,7 @@ import numpy as np
 from raydt.errors import DataError, RaydtError
 from raydt.figures import curves_figure, save_curves_figure
 from raydt.rundir import METRIC, Run, find_runs, group_runs
+from raydt.stats import readable
 
 THRESHOLD = 2.0
 """Points of normalized score within which a curve counts as converged (Reid et al.)."""
@@ -242,7 +243,7 @@ def format_table(keys: list[str], results: Sequence[GroupConvergence]) -> str:
     body = []
     for r in results:
         body.append([
-            *(str(r.group.get(k)) for k in keys), str(r.num_seeds),
+            *(readable(r.group.get(k)) for k in keys), str(r.num_seeds),
             _fmt(r.best_score, ".1f"),
             "-" if r.converged_step is None else str(r.converged_step),
             f"{_fmt(r.converged_train_seconds, '.1f')} s",
@@ -262,7 +263,7 @@ def format_table(keys: list[str], results: Sequence[GroupConvergence]) -> str:
 
 
 def _label(group: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in group.items()) or "all runs"
+    return ", ".join(f"{k.split('.')[-1]}={readable(v)}" for k, v in group.items()) or "all runs"
 
 
 def plot(results: Sequence[GroupConvergence], out: Path, title: str = "", metric: str = METRIC) -> Path:

@@ -55,9 +55,13 @@ def summarize(root: Path, by: Sequence[str] | None = None, metric: str = METRIC)
 def format_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
     """A plain-text table like Reid et al.'s Table 2 (mean ± std over seeds)."""
     header = [*keys, "trials", "best", "final", "converged"]
+    def spread(mean: float, std: float, n: int) -> str:
+        # One run has no spread to show: "± 0.0" would read as a measured, exact result.
+        return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f}"
+
     body = [
         [*(readable(r[k]) for k in keys), str(r["trials"]),
-         f"{r['best_mean']:.1f} ± {r['best_std']:.1f}", f"{r['final_mean']:.1f} ± {r['final_std']:.1f}",
+         spread(r["best_mean"], r["best_std"], r["trials"]), spread(r["final_mean"], r["final_std"], r["trials"]),
          _converged_cell(r)]
         for r in rows
     ]
@@ -65,6 +69,10 @@ def format_table(keys: list[str], rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
+    single = sum(r["trials"] == 1 for r in rows)
+    if single:
+        lines.append(f"note: {single} group(s) of one run: no spread over seeds (n = 1); add seeds "
+                     "(train.seed or tune.replicates) to compare groups")
     return "\n".join(lines)
 
 

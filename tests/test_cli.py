@@ -89,3 +89,8 @@ def test_spec_show_resolves_a_sweep_spec(capsys):
     assert yaml.safe_load(documented) == shown
     for key, (_, doc) in {**leaf_fields(ExperimentConfig), **leaf_fields(SearchConfig)}.items():
         assert f"# {doc}" in documented, key
+
+
+def test_spec_show_resolves_a_pretraining_spec():
+    out = raydt("spec", "show", "tune_specs/pretrain/chibit_quick.yaml", "--set", "train.steps=7").stdout
+    assert "corpus:" in out and "steps: 7" in out and "block_size:" in out

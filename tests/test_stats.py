@@ -184,3 +184,23 @@ def test_a_damaged_run_record_or_metrics_row_is_skipped_with_a_note(sweep, capsy
     assert "skipped " + str(sweep / "trial_00001") in captured.err and "config.resolved.yaml cannot be read" in captured.err
     assert "skipped line 4, whose step is 'twenty'" in captured.err and "Traceback" not in captured.err
     assert "random" in captured.out
+
+
+def test_groups_of_one_run_are_not_shown_as_exact_and_full_keys_name_groups(tmp_path, capsys):
+    # Two groups of one seed each: no "± 0.0", zero-width intervals and P = 1 flagged.
+    write_run(tmp_path, "trial_00000", "random", "d4rl:hopper-medium-v2", 0, [40, 50, 52])
+    write_run(tmp_path, "trial_00001", "pretrain:/specs/chibit.yaml", "d4rl:hopper-medium-v2", 0, [50, 60, 62])
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"searched_keys": ["model.backbone", "train.seed"]}))
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "± 0.0" not in out and "2 group(s) of one run: no spread over seeds (n = 1)" in out
+    assert main(["report", str(tmp_path), "--compare", "model.backbone=pretrain:chibit", "model.backbone=random",
+                 "--reps", "50"]) == 0  # the full key, as the table's header names it
+    out = capsys.readouterr().out
+    assert "one run per dataset (n = 1)" in out and "(n = 1: not evidence)" in out
+
+
+def test_convergence_labels_a_pretrain_spec_by_its_name(sweep, capsys):
+    assert main(["bench", "convergence", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain:chibit" in out and "/specs/chibit.yaml" not in out

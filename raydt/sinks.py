@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raydt.errors import DataError, Diverged
-from raydt.fsutil import atomic_write_text
+from raydt.fsutil import atomic_write_text, space_for
 
 
 class Sink:
@@ -48,8 +48,9 @@ class JsonlSink(Sink):
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        with space_for(self.path):  # a full disk: one line naming the file, not an OSError
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
         self._file.close()

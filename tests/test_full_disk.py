@@ -258,3 +258,24 @@ def test_a_real_full_disk(tmp_path):
     if proc.returncode and "mount:" in proc.stderr:
         pytest.skip(f"tmpfs cannot be mounted here: {proc.stderr.strip()}")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from raydt.errors import RunFailed
+    from raydt.sinks import JsonlSink
+
+    sink = JsonlSink(tmp_path / "metrics.jsonl")
+    sink.log(1, {"train/loss": 0.5})
+
+    class Full:
+        def write(self, _text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sink, "_file", Full())
+    with pytest.raises(RunFailed, match=f"no space left on the device writing {tmp_path / 'metrics.jsonl'}"):
+        sink.log(2, {"train/loss": 0.4})

@@ -286,6 +286,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 print(format_table(*summarize(Path(outcome.sweep_dir))))
             except RunFailed:  # the trials that finished wrote no run either: the list above says why
                 pass
+            compare = tuple(spec.report.get("compare", ()))
+            if compare and not errored:  # the spec's question, answered with intervals (report: compare)
+                _report_intervals(argparse.Namespace(by=None, score="final", intervals=True, compare=compare,
+                                                     profile=None, reps=2000), Path(outcome.sweep_dir))
     if errored:
         again = shlex.join(["raydt", "sweep", args.spec, *(a for s in args.set or [] for a in ("--set", s)),
                             *(["--out", args.out] if args.out else []),

@@ -43,6 +43,9 @@ class Layout:
     """Datasets in the order to show them; others follow, sorted."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Group label or dataset → the name printed (e.g. "model.backbone=random" → "DT")."""
+    compare: tuple[str, ...] = ()
+    """Two groups (A, B): the sweep ends with the interval estimates and P(A > B), as
+    ``raydt report --intervals --compare A B`` prints them; () prints the table only."""
 
     @classmethod
     def from_spec(cls, section: Any, where: str = "report") -> Layout:
@@ -50,19 +53,23 @@ class Layout:
         if section in (None, {}):
             return cls()
         if not isinstance(section, Mapping):
-            raise RaydtError(f"{where}: give a mapping with columns, rows and labels")
-        unknown = set(section) - {"columns", "rows", "labels"}
+            raise RaydtError(f"{where}: give a mapping with columns, rows, labels and compare")
+        unknown = set(section) - {"columns", "rows", "labels", "compare"}
         if unknown:
-            raise RaydtError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: columns, rows, labels")
-        for key in ("columns", "rows"):
+            raise RaydtError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: columns, rows, labels, "
+                             "compare")
+        for key in ("columns", "rows", "compare"):
             value = section.get(key, [])
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise RaydtError(f"{where}.{key}: give a list of names, e.g. [\"backbone=random\", ...]")
+        if len(section.get("compare", [])) not in (0, 2):
+            raise RaydtError(f"{where}.compare: give two group names, A and B (the sweep ends with P(A > B))")
         labels = section.get("labels", {})
         if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                       for k, v in labels.items()):
             raise RaydtError(f"{where}.labels: give a mapping of name → printed label")
-        return cls(tuple(section.get("columns", [])), tuple(section.get("rows", [])), dict(labels))
+        return cls(tuple(section.get("columns", [])), tuple(section.get("rows", [])), dict(labels),
+                   tuple(section.get("compare", [])))
 
     def order(self, names: Sequence[str], preferred: Sequence[str]) -> list[str]:
         first = [n for n in preferred if n in names]

@@ -134,9 +134,12 @@ def walk(part: str, tmp_path: Path) -> dict[str, str]:
 def test_readme_sweep_and_what_reads_it(tmp_path, capsys):
     out = walk("sweep", tmp_path)
     sweep = tmp_path / "runs" / "quickstart"
-    assert "4 trial(s) TERMINATED, 0 in ERROR" in out["raydt sweep tune_specs/quickstart.yaml"]
+    ran = out["raydt sweep tune_specs/quickstart.yaml"]
+    assert "6 trial(s) TERMINATED, 0 in ERROR" in ran
+    # The quickstart answers its question with intervals over its 3 seeds (report: compare).
+    assert "iqm (final)" in ran and "P(backbone=pretrain:chibit_quick > backbone=random) = " in ran
     trials = sorted(p.name for p in sweep.glob("trial_*"))
-    assert trials == [f"trial_{i:05d}" for i in range(4)]  # deterministic names
+    assert trials == [f"trial_{i:05d}" for i in range(6)]  # deterministic names
     from raydt.sinks import read_metrics
 
     for name in trials:
@@ -145,11 +148,11 @@ def test_readme_sweep_and_what_reads_it(tmp_path, capsys):
         assert list((sweep / name).glob("events.out.tfevents.*"))
     bench = out["raydt bench convergence runs/quickstart --plot convergence.png"]
     rows = [line for line in bench.splitlines() if line.startswith(("random ", "pretrain:"))]
-    assert len(rows) == 2 and all(row.split()[1] == "2" for row in rows), bench  # one per backbone, 2 seeds
+    assert len(rows) == 2 and all(row.split()[1] == "3" for row in rows), bench  # one per backbone, 3 seeds
     for image in (tmp_path / "curves.png", sweep / "profiles.png", tmp_path / "convergence.png"):
         assert image.stat().st_size > 10_000, image
 
-    # The report groups seeds: one row per backbone, two trials each.
+    # The report groups seeds: one row per backbone, three trials each.
     from raydt.cli import main
 
     capsys.readouterr()
@@ -158,7 +161,7 @@ def test_readme_sweep_and_what_reads_it(tmp_path, capsys):
 
     report = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert sorted(r["model.backbone"].split("/")[-1] for r in report) == ["chibit_quick.yaml", "random"]
-    assert [r["trials"] for r in report] == ["2", "2"]
+    assert [r["trials"] for r in report] == ["3", "3"]
 
     # Where the trials' wall time went, from the timing files the sweep left.
     from bench.sweep_efficiency import PARTS as TIME_PARTS
@@ -181,7 +184,7 @@ def test_readme_sweep_and_what_reads_it(tmp_path, capsys):
         mux.AddRunsFromDirectory(str(tmp_path / logdir))
         mux.Reload()
         runs = mux.Runs()
-        assert len(runs) >= 4 + 2  # one per quickstart trial and one per group of seeds
+        assert len(runs) >= 6 + 2  # one per quickstart trial and one per group of seeds
         assert sum(run.startswith("groups") for run in runs) == 2, runs
         tags = set().union(*(set(v.get("scalars", [])) for v in runs.values()))
         assert {"eval/normalized_score", "train/loss", "perf/train_seconds", "eval/normalized_score/max"} <= tags
@@ -191,7 +194,7 @@ def test_readme_sweep_and_what_reads_it(tmp_path, capsys):
 @pytest.mark.slow
 def test_readme_sweep_by_uri(tmp_path):
     out = walk("storage", tmp_path)
-    assert len(list((tmp_path / "store" / "quickstart").glob("trial_*/checkpoints/last.pt"))) == 4
+    assert len(list((tmp_path / "store" / "quickstart").glob("trial_*/checkpoints/last.pt"))) == 6
     report = out["raydt report file:///tmp/raydt-store/quickstart"]
     assert "random" in report and "pretrain:chibit_quick" in report
 

@@ -204,3 +204,9 @@ def test_convergence_labels_a_pretrain_spec_by_its_name(sweep, capsys):
     assert main(["bench", "convergence", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "pretrain:chibit" in out and "/specs/chibit.yaml" not in out
+
+
+def test_report_compare_in_a_sweep_spec_names_two_groups():
+    assert Layout.from_spec({"compare": ["backbone=a", "backbone=b"]}).compare == ("backbone=a", "backbone=b")
+    with pytest.raises(Exception, match="report.compare: give two group names"):
+        Layout.from_spec({"compare": ["backbone=a"]})

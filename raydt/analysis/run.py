@@ -454,7 +454,8 @@ def save(run_dir: Path, name: str, result: dict[str, Any]) -> Path:
 
 
 def _save(fig, run_dir: Path, name: str) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure with a colour bar lays itself out
+        fig.tight_layout()
     return save_figure(fig, RunDir(run_dir).analysis_file(name, "png"))
 
 
@@ -529,15 +530,51 @@ def plot_mi(run_dir: Path, result: dict[str, Any]) -> Path:
 
 def plot_attention(run_dir: Path, result: dict[str, Any]) -> Path:
     """Attention maps of the first, middle and last blocks at each step (Reid Fig. 2)."""
+    return _save(attention_figure(result), run_dir, "attention")
+
+
+TOKEN_KINDS = ("R", "s", "a")
+"""The tokens of each step of a window, in order: return-to-go, state, action."""
+
+
+def attention_figure(result: dict[str, Any]):
+    """The figure of :func:`plot_attention`: query tokens down, key tokens across, each tick
+    named R/s/a (return-to-go, state, action) with its step, one colour scale per figure.
+
+    The first key takes most of the weight in many heads (an attention sink); a scale up to
+    it would leave every other weight near black. The scale stops at the 99th percentile of
+    the causal weights (on and below the diagonal) of the other keys; the first key's,
+    above it, show at the top colour, and the colour bar says so."""
+    from matplotlib.colors import Normalize
+
     plt = pyplot()
     maps = result["_maps"]
     steps = list(maps)
     n_blocks = len(next(iter(maps.values())))
     picks = sorted({0, n_blocks // 2, n_blocks - 1})
-    fig, axes = plt.subplots(len(steps), len(picks), figsize=(3.2 * len(picks), 3.2 * len(steps)), squeeze=False)
+    panels = [np.asarray(maps[step][block]) for step in steps for block in picks]
+    t = panels[0].shape[0]
+    rows, cols = np.tril_indices(t)
+    others = cols > 0  # every key but the first
+    weights = np.concatenate([m[rows[others], cols[others]] for m in panels]) if t > 1 else panels[0].ravel()
+    norm = Normalize(vmin=0.0, vmax=float(max(np.percentile(weights, 99), 1e-6)))
+    names = [f"{TOKEN_KINDS[i % 3]}{i // 3 + 1}" for i in range(t)]
+    every = max(1, t // 15)  # at most ~15 labelled ticks per axis
+    fig, axes = plt.subplots(len(steps), len(picks), figsize=(3.6 * len(picks) + 1.0, 3.4 * len(steps)),
+                             squeeze=False, constrained_layout=True)
+    image = None
     for r, step in enumerate(steps):
         for c, block in enumerate(picks):
-            axes[r][c].imshow(np.asarray(maps[step][block]), cmap="viridis")
-            axes[r][c].set_title(f"step {step}, block {block}", fontsize=9)
-            axes[r][c].axis("off")
-    return _save(fig, run_dir, "attention")
+            ax = axes[r][c]
+            image = ax.imshow(np.asarray(maps[step][block]), cmap="viridis", norm=norm, interpolation="nearest")
+            ax.set_title(f"step {step}, block {block}", fontsize=9)
+            ticks = list(range(0, t, every))
+            ax.set_xticks(ticks, [names[i] for i in ticks], fontsize=6, rotation=90)
+            ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=6)
+            ax.set_xlabel("key token", fontsize=8)
+            ax.set_ylabel("query token", fontsize=8)
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, extend="max")
+    bar.set_label("attention weight (scale: 99th percentile of keys after the first)", fontsize=8)
+    fig.suptitle(f"attention, mean over heads and {result.get('windows', '?')} windows "
+                 "(R return-to-go, s state, a action)", fontsize=10)
+    return fig

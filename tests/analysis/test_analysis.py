@@ -332,3 +332,24 @@ def test_takagi_mine_preset_recovers_the_known_information():
     # 3 × 400 units, lr 1e-4, batch 50, the bound on the training samples (Takagi's settings).
     est = mine_batched(x[None], y[None], steps=1000, **MINE_PRESETS["takagi"])
     assert est.item() == pytest.approx(exact, abs=0.15)
+
+
+def test_attention_figure_names_its_axes_and_tokens_and_is_not_scaled_by_the_first_key():
+    import numpy as np
+
+    from raydt.analysis.run import attention_figure
+
+    t = 12  # 4 steps × (R, s, a)
+    sink = np.tril(np.full((t, t), 0.02))
+    sink[:, 0] = 0.9  # the first key takes most of the weight, as in many heads
+    result = {"windows": 8, "_maps": {"0": [sink] * 3, "100": [sink * 0.5] * 3}}
+    fig = attention_figure(result)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 2 * 3 and len(fig.axes) == len(panels) + 1  # one colour bar
+    ax = panels[0]
+    assert ax.get_xlabel() == "key token" and ax.get_ylabel() == "query token"
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels[:4] == ["R1", "s1", "a1", "R2"]
+    vmax = ax.get_images()[0].norm.vmax
+    assert vmax < 0.9  # the first key's weight does not set the scale...
+    assert vmax >= 0.02  # ...the other weights still reach it

@@ -22,12 +22,14 @@ def curves_figure():
 
 
 def save_figure(fig, out: Path) -> Path:
-    """Write ``fig`` to ``out`` (the format of its suffix, PNG without one; parents made) and
-    release it. Written atomically: a failed write leaves an earlier figure there, and a
-    full disk is one line naming ``out``."""
+    """Write ``fig`` to ``out`` (the format of its suffix; without one, PNG to ``out``.png,
+    the path returned; parents made) and release it. Written atomically: a failed write
+    leaves an earlier figure there, and a full disk is one line naming ``out``."""
     from raydt.fsutil import atomic_path
 
     out = Path(out)
+    if not out.suffix:  # the file a reader opens says what it is, and the path printed is the file's
+        out = out.with_suffix(".png")
     try:
         with atomic_path(out) as tmp:
             # The temporary's name ends in .tmp-PID: the format comes from out's.

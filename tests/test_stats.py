@@ -210,3 +210,9 @@ def test_report_compare_in_a_sweep_spec_names_two_groups():
     assert Layout.from_spec({"compare": ["backbone=a", "backbone=b"]}).compare == ("backbone=a", "backbone=b")
     with pytest.raises(Exception, match="report.compare: give two group names"):
         Layout.from_spec({"compare": ["backbone=a"]})
+
+
+def test_a_profile_named_without_a_suffix_is_written_and_printed_as_png(sweep, tmp_path, capsys):
+    assert main(["report", str(sweep), "--profile", str(tmp_path / "prof_out"), "--reps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "prof_out.png").is_file() and f"performance profiles: {tmp_path / 'prof_out.png'}" in out

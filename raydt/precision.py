@@ -68,3 +68,14 @@ def compile_mode(setting: bool | str, device_type: str, n_params: int,
     if n_params <= wins_up_to:
         return "reduce-overhead", f"CUDA graphs ({n_params:,} parameters ≤ {wins_up_to:,}, where compiling was measured to win)"
     return None, f"eager ({n_params:,} parameters > {wins_up_to:,}, where compiling was measured to win)"
+
+
+def free_bytes(device: Any) -> int:
+    """Memory free now on ``device``: the GPU's free memory on CUDA, else the host's available RAM."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)

@@ -24,7 +24,7 @@ from torch import nn
 from raydt.config import to_dict, to_yaml
 from raydt.errors import ConfigError, RaydtError
 from raydt.fsutil import atomic_write_text
-from raydt.precision import optimizer_options, use_bf16
+from raydt.precision import free_bytes, optimizer_options, use_bf16
 from raydt.pretrain.config import CorpusConfig, PretrainConfig, PretrainOptimConfig
 from raydt.rundir import RunDir
 from raydt.seeding import seed_everything
@@ -154,6 +154,7 @@ class Pretraining:
         self.tokenizer, self.tokenizer_name = self._tokenizer(resume)
         self.sampler, self.held = self._samplers()
         eos = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
+        check_logits_fit(cfg, len(self.tokenizer), self.device)
         self.model = build_lm(cfg, len(self.tokenizer), eos).to(self.device)
         self.optimizer, self.scheduler = self._build_optimizer()
         self.step, self.train_seconds = 0, 0.0
@@ -237,7 +238,7 @@ class Pretraining:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(files.config, to_yaml(cfg))
         sink = MultiSink(JsonlSink(files.metrics, resume_step=self.step if self.resumed else None),
-                         TensorBoardSink(self.run_dir))
+                         TensorBoardSink(self.run_dir, purge_step=self.step + 1 if self.resumed else None))
         n_embd, n_head, n_layer = cfg.model.dims
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"pre-training a {n_params / 1e6:.2f}M-parameter GPT-2 ({n_embd}/{n_head}/{n_layer}) for "
@@ -312,3 +313,17 @@ class Pretraining:
         perplexity = math.exp(min(held_loss, 50))
         self.log(f"step {self.step}/{self.cfg.train.steps}  loss {train_loss:.3f}  held-out perplexity {perplexity:.1f}")
         return {"eval/loss": held_loss, "eval/perplexity": perplexity}
+
+
+def check_logits_fit(cfg: PretrainConfig, vocab: int, device: torch.device, available: int | None = None) -> None:
+    """Refuse a block size whose next-token logits alone (batch × block × vocabulary fp32
+    values, one step's) exceed the memory free on ``device``: one line naming
+    corpus.block_size, not the OOM killer after the model is built. A lower bound: a step
+    needs more than this."""
+    need = cfg.train.batch_size * cfg.corpus.block_size * vocab * 4
+    available = free_bytes(device) if available is None else available
+    if need > available:
+        raise ConfigError(f"corpus.block_size={cfg.corpus.block_size} needs more than {need / 2**30:.1f} GiB for one "
+                          f"step's logits alone ({cfg.train.batch_size} blocks × {cfg.corpus.block_size} tokens × "
+                          f"{vocab:,} token ids), and {device.type} has {available / 2**30:.1f} GiB free; lower "
+                          "corpus.block_size or train.batch_size")

@@ -40,7 +40,13 @@ from raydt.losses import action_loss, cosine_cluster_loss, lambda_factor
 from raydt.model.backbone import strip_prefixes
 from raydt.model.clusters import cached_clusters
 from raydt.model.dt import DecisionTransformer
-from raydt.precision import compile_mode, cpu_has_native_bf16, optimizer_options, use_bf16  # noqa: F401 (re-exported)
+from raydt.precision import (  # noqa: F401 (re-exported)
+    compile_mode,
+    cpu_has_native_bf16,
+    free_bytes,
+    optimizer_options,
+    use_bf16,
+)
 from raydt.prepare import RunData, build_run_model, describe, needs, resolve_run_data, run_tokenizer
 from raydt.pretrain.cache import resolve_backbone
 from raydt.resources import gpu_share
@@ -138,13 +144,7 @@ def check_mask_fits(cfg: ExperimentConfig, world_size: int, device: torch.device
     OOM killer. A lower bound: the run needs more than this."""
     tokens = 3 * cfg.data.context_length
     need = cfg.train.batch_size // max(world_size, 1) * tokens * tokens  # bytes, boolean
-    if available is None:
-        if device.type == "cuda":
-            available = torch.cuda.mem_get_info(device)[0]
-        else:
-            import psutil
-
-            available = psutil.virtual_memory().available
+    available = free_bytes(device) if available is None else available
     if need > available:
         raise ConfigError(f"data.context_length={cfg.data.context_length} needs more than {need / 2**30:.1f} GiB for "
                           f"its attention masks alone ({cfg.train.batch_size // max(world_size, 1)} windows of "

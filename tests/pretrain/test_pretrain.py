@@ -190,3 +190,15 @@ def test_pretraining_uses_bf16_only_where_the_gpu_computes_it_natively():
     assert Pretraining.bf16(fake, capability=(8, 0)) and Pretraining.bf16(fake, capability=(9, 0))
     assert not Pretraining.bf16(fake, capability=(7, 0))  # V100: emulated, slower than fp32
     assert not Pretraining.bf16(types.SimpleNamespace(device=torch.device("cpu")))
+
+
+def test_a_block_size_whose_logits_exceed_free_memory_is_refused_before_the_model_is_built():
+    from raydt.errors import ConfigError
+    from raydt.pretrain.config import PretrainConfig
+    from raydt.pretrain.loop import check_logits_fit
+
+    cfg = PretrainConfig()  # batch × 1024 tokens × 50,257 ids
+    need = cfg.train.batch_size * 1024 * 50257 * 4
+    check_logits_fit(cfg, 50257, torch.device("cpu"), available=need + 1)
+    with pytest.raises(ConfigError, match=r"corpus.block_size=1024 needs more than .* GiB for one step's logits alone"):
+        check_logits_fit(cfg, 50257, torch.device("cpu"), available=need - 1)

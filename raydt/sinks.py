@@ -53,7 +53,10 @@ class JsonlSink(Sink):
             self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        # Closing flushes what a full disk refused before: the same one line (the file is
+        # closed either way).
+        with space_for(self.path):
+            self._file.close()
 
 
 def _plain(value: Any) -> Any:
@@ -152,8 +155,15 @@ class MultiSink(Sink):
             sink.hparams(params, metrics)
 
     def close(self) -> None:
+        """Close every sink, even when one fails (the first failure is raised after)."""
+        failure: BaseException | None = None
         for sink in self.sinks:
-            sink.close()
+            try:
+                sink.close()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 class MetricWindow:

@@ -234,8 +234,9 @@ def host_reads():
     """Count every way Python code reads a tensor's values on the host, each of which is a
     device→host sync on a GPU: ``bool()``/``int()``/``float()`` of a tensor, ``.item()``,
     ``.tolist()``, ``.numpy()``, ``.cpu()``, ``.nonzero()``, indexing by a boolean mask
-    (its size is known only after a sync) and ``torch.cuda.synchronize()``. On a CPU this
-    measures the mechanism a GPU run pays for."""
+    (its size is known only after a sync), ``torch.cuda.synchronize()``, and host values
+    made into a tensor on a device ("upload"). On a CPU this measures the mechanism a GPU
+    run pays for."""
     seen = HostReads()
     patched = {}
 
@@ -255,6 +256,18 @@ def host_reads():
     wrap(torch.Tensor, "__getitem__", when=lambda _self, index: _is_mask_index(index))
     wrap(torch.Tensor, "__setitem__", when=lambda _self, index, _value: _is_mask_index(index))
     wrap(torch.cuda, "synchronize")
+    # A tensor made from host values on a device is a host→device copy; from pageable
+    # memory it waits for the device first.
+    for name in ("tensor", "as_tensor"):
+        original = getattr(torch, name)
+        patched[(torch, name)] = original
+
+        def uploading(*args, _original=original, **kwargs):
+            if kwargs.get("device") is not None:
+                seen.calls.append("upload")
+            return _original(*args, **kwargs)
+
+        setattr(torch, name, uploading)
     try:
         yield seen
     finally:

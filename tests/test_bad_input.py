@@ -295,3 +295,14 @@ def test_ctrl_c_during_train_says_how_to_resume(tmp_path):
         assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
         line = one_line(err)
         assert "training interrupted" in line and f"--out {out}" in line and line.endswith(ending), line
+
+
+def test_gpu_share_auto_is_resolved_before_the_local_plan(tmp_path, capsys):
+    # gpus_per_worker: auto reaches the capacity check resolved (a whole GPU here), so a
+    # machine without GPUs says so in one line instead of an assertion's traceback.
+    status, err = run(capsys, "train", SPEC, "--out", str(tmp_path / "run"), "--set", "resources.use_gpu=true",
+                      "--set", "resources.gpus_per_worker=auto", "--set", f"data.dataset={TINY}")
+    assert status == 2 and "GPU" in one_line(err) and "AssertionError" not in err
+
+
+TINY = "generated:hopper-medium?steps=3000"

@@ -279,3 +279,34 @@ def test_a_full_disk_while_logging_metrics_is_one_line_naming_the_file(tmp_path,
     monkeypatch.setattr(sink, "_file", Full())
     with pytest.raises(RunFailed, match=f"no space left on the device writing {tmp_path / 'metrics.jsonl'}"):
         sink.log(2, {"train/loss": 0.4})
+
+
+def test_a_full_disk_under_a_real_buffered_metrics_file_stays_one_line_through_close(tmp_path):
+    # /dev/full refuses every write with ENOSPC, as a full disk does, buffering included.
+    import os
+
+    from raydt.errors import RunFailed
+    from raydt.sinks import JsonlSink, MultiSink
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    sink = JsonlSink(tmp_path / "metrics.jsonl")
+    sink._file.close()
+    sink.path = tmp_path / "metrics.jsonl"
+    sink._file = open("/dev/full", "a")  # noqa: SIM115 (closed by the sink)
+
+    class Closing:
+        closed = False
+
+        def log(self, step, metrics):
+            pass
+
+        def close(self):
+            Closing.closed = True
+
+    both = MultiSink(sink, Closing())
+    with pytest.raises(RunFailed, match="no space left on the device writing"):
+        both.log(1, {"train/loss": 0.5})
+    with pytest.raises(RunFailed, match="no space left on the device writing"):
+        both.close()  # the buffered row fails again on close: the same line, not an OSError
+    assert Closing.closed  # and the other sinks still close

@@ -156,7 +156,7 @@ def _ddp_rank(rank: int, init: str, source: str) -> None:
     from torch import nn
 
     from raydt.data.sampler import Batch
-    from raydt.train.loop import Objective
+    from raydt.train.loop import Objective, weighted_total
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -169,7 +169,7 @@ def _ddp_rank(rank: int, init: str, source: str) -> None:
             states, actions, rtg, timesteps, mask = windows(seed=2 * step + rank)
             batch = Batch(returns_to_go=rtg, states=states, actions=actions, timesteps=timesteps, mask=mask)
             optimizer.zero_grad()
-            module(batch, None, 0.0, 0.0)["total"].backward()
+            weighted_total(module(batch, None), 0.0, 0.0).backward()
             optimizer.step()
         dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:

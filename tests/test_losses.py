@@ -161,7 +161,7 @@ def test_as_coded_objective_uses_untimed_layer_norm_tokens_and_padding():
     centers = torch.randn(9, 32, generator=torch.Generator().manual_seed(1))
     batch = Batch(**random_batch(b=2, k=6))
     batch.mask[0, :3] = False  # padded steps still count, as in the released loss
-    out = Objective(model, centers, "as_coded")(batch, None, 0.1, 0.0)
+    out = Objective(model, centers, "as_coded")(batch, None)
     # all_embs of Reid's model, derived here from the embedding layers: LN of the stacked
     # (R̂, s, a) embeddings before any timestep is added.
     with torch.no_grad():

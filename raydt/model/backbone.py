@@ -20,6 +20,7 @@ other Hugging Face model that accepts ``inputs_embeds``: Llama, GPT-NeoX, SmolLM
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -252,6 +253,15 @@ class ImageGPTBackbone(GPT2Backbone):
 
     kind = "imagegpt"
 
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__(hf)
+        # transformers' ImageGPT attention builds its masking value with torch.tensor(...,
+        # device=...) in every block of every forward: a host-to-device copy, which waits
+        # for the GPU. Each block gets the same arithmetic with the value made on the device.
+        for block in hf.h:
+            if not block.attn.reorder_and_upcast_attn:
+                block.attn._attn = types.MethodType(_imagegpt_attention, block.attn)
+
     def _run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **options: Any) -> Any:
         # ImageGPTModel flattens any mask it is given to (B, T) and rebuilds the causal mask
         # with a host check of the padding on every forward. Its blocks take an additive
@@ -270,6 +280,28 @@ class ImageGPTBackbone(GPT2Backbone):
             if output_attentions:
                 attentions.append(out[1])
         return SimpleNamespace(last_hidden_state=hf.ln_f(hidden), attentions=tuple(attentions))
+
+
+def _imagegpt_attention(attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ImageGPT attention's output and weights from its queries, keys and values
+    (B, H, T, hd): scaled dot products, its causal mask (the model's ``bias`` buffer), the
+    additive ``attention_mask``, softmax, dropout; as transformers' ImageGPT computes them,
+    with the masking value filled on the device instead of copied from the host."""
+    scores = torch.matmul(query, key.transpose(-1, -2))  # (B, H, Tq, Tk)
+    if attn.scale_attn_weights:
+        scores = scores / float(value.size(-1) ** 0.5)
+    if attn.scale_attn_by_inverse_layer_idx:
+        scores = scores / float(attn.layer_idx + 1)
+    if not attn.is_cross_attention:
+        q_len, k_len = query.size(-2), key.size(-2)
+        causal = attn.bias[:, :, k_len - q_len : k_len, :k_len]  # (1, 1, Tq, Tk) bool
+        lowest = torch.full((), torch.finfo(scores.dtype).min, dtype=scores.dtype, device=scores.device)
+        scores = torch.where(causal, scores, lowest)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = attn.attn_dropout(torch.softmax(scores, dim=-1).type(value.dtype))
+    return torch.matmul(weights, value), weights
 
 
 class CLIPTextBackbone(Backbone):

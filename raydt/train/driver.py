@@ -135,9 +135,9 @@ def run_training(
             return fit(config, Path(run_dir), RunContext(device=device, log=log, artifacts=artifacts), resume=resume,
                        stop_after=stop_after)
         if address is None:  # a local Ray gets this machine: check before starting it
-            from raydt.resources import local_nodes, trial_capacity
+            from raydt.resources import local_nodes, trial_capacity, with_gpu_share
 
-            trial_capacity(config.resources, local_nodes(), "resources")
+            trial_capacity(with_gpu_share(config).resources, local_nodes(), "resources")
         # Built once here, published where every node can pull it (a URI run's storage, or
         # $RAYDT_ARTIFACTS), so no worker generates data or pre-trains on its own node.
         store = store_for(storage.parent(str(run_dir)) if remote else None)

@@ -286,11 +286,11 @@ def run_with_ray(config: ExperimentConfig, run_dir: Path | str, address: str | N
                  prepared: Prepared | None = None) -> None:
     """Run ``config`` through a ``TorchTrainer`` into ``run_dir`` (a local directory, or a
     URI that rank 0 mirrors to)."""
-    from raydt.resources import trial_capacity
+    from raydt.resources import trial_capacity, with_gpu_share
     from raydt.storage import is_uri
 
     connect(address)
-    trial_capacity(config.resources, cluster_shape(), "resources")  # fail now rather than wait forever
+    trial_capacity(with_gpu_share(config).resources, cluster_shape(), "resources")  # fail now rather than wait forever
     where = str(run_dir) if is_uri(run_dir) else str(Path(run_dir).resolve())
     fit_trainer(config, where, RAY_TRAIN, where, prepared=prepared)
 

@@ -84,7 +84,8 @@ def test_a_rollout_step_reads_the_device_once_whatever_ends():
     assert len(set(res.lengths.tolist())) > 1  # episodes left the batch at different steps
     steps = int(res.lengths.max())
     assert reads.count("cpu") == steps + 1  # each step's actions, and the actions taken at the end
-    assert [c for c in reads.calls if c not in ("cpu", "numpy")] == []
+    assert reads.count("upload") == 2  # the state statistics, once; each step's values go through staging
+    assert [c for c in reads.calls if c not in ("cpu", "numpy", "upload")] == []
 
 
 def test_the_staging_buffer_is_reused_and_pinned_only_for_cuda():

@@ -223,6 +223,12 @@ def _hugging_faces_own(backbone, x, mask):
         built = create_causal_mask(config=backbone.config, inputs_embeds=x, attention_mask=mask.long(), cache=None)
         hidden = backbone.hf.encoder(inputs_embeds=x, attention_mask=built, is_causal=True)
         return backbone.hf.final_layer_norm(hidden.last_hidden_state)
+    if backbone.kind == "imagegpt":  # raydt gives its blocks an attention of its own: compare with HF's
+        import transformers as tf
+
+        fresh = tf.ImageGPTModel(backbone.hf.config).to(x.dtype)
+        fresh.load_state_dict(backbone.hf.state_dict())
+        return fresh.eval()(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
     return backbone.hf(inputs_embeds=x, attention_mask=mask.long()).last_hidden_state
 
 
@@ -268,3 +274,21 @@ def test_a_backbone_forward_never_reads_the_mask_on_the_host(tmp_path, name):
     with host_reads() as reads:  # the wiring check: HF's own mask building is caught
         _hugging_faces_own(model.backbone, x, mask)
     assert len(reads) > 0
+
+
+def test_imagegpt_text_keeps_its_causal_attention(tmp_path):
+    # The text path (λ2) passes no mask: causality comes from the model's own buffer.
+    import transformers as tf
+
+    model, _ = build_model(ModelConfig(backbone=str(save_tiny("imagegpt", tmp_path)), dropout=0.0), 5, 2, 6, 100,
+                           log=lambda _: None)
+    backbone = model.backbone.eval()
+    fresh = tf.ImageGPTModel(backbone.hf.config)
+    fresh.load_state_dict(backbone.hf.state_dict())
+    ids = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        ours = backbone.hf(input_ids=ids).last_hidden_state
+        theirs = fresh.eval()(input_ids=ids).last_hidden_state
+        changed = backbone.hf(input_ids=torch.cat([ids[:, :5], ids[:, 5:].flip(1)], 1)).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(changed[:, :5], ours[:, :5])  # later tokens do not reach earlier ones

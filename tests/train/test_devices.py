@@ -121,7 +121,7 @@ def test_bf16_keeps_returns_to_go_and_the_losses_in_fp32():
     objective = Objective(model, centers, "paper")
     b = Batch(**random_batch(b=2, k=6))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = objective(b, None, 0.1, 0.0)
+        out = objective(b, None)
         tokens, mask = model.embed(b.states, b.actions, b.returns_to_go, b.timesteps, b.mask)
     reference = cosine_cluster_loss(tokens.float(), centers, mask, "paper")  # fp32, outside autocast
     assert out["cos"].dtype == torch.float32

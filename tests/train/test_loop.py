@@ -176,7 +176,7 @@ def test_tf32_only_where_precision_is_reduced_and_never_in_the_losses(tmp_path, 
         trainer.objective.exact_losses = True
         args = trainer.model.args
         batch = Batch(**random_batch(b=2, k=5, obs_dim=args.obs_dim, act_dim=args.act_dim))
-        trainer.objective(batch, None, 0.0, 0.0)
+        trainer.objective(batch, None)
         assert seen == [False] and tf32_enabled() is tf32
     finally:
         restore_tf32(before)

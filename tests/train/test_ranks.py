@@ -31,7 +31,7 @@ def _rank(rank: int, init: str, run_dir: str, out: str, data_dir: str) -> None:
         obs, act = trainer.model.args.obs_dim, trainer.model.args.act_dim
         batch = Batch(**random_batch(b=2, k=5, obs_dim=obs, act_dim=act, seed=7))
         with torch.no_grad():
-            pred = trainer.objective(batch, None, 0.0, 0.0)["action"]
+            pred = trainer.objective(batch, None)["action"]
         # Rank 0's constants (λ1 centres, text positions) reach every rank.
         trainer.objective.centers = torch.full((3, 4), float(rank + 1))
         trainer._share_constants()

@@ -48,13 +48,14 @@ None until a GPU has measured it, and auto stays eager."""
 
 
 def compile_mode(setting: bool | str, device_type: str, n_params: int,
-                 wins_up_to: int | None = COMPILE_WINS_UP_TO) -> tuple[str | None, str]:
+                 wins_up_to: int | None = COMPILE_WINS_UP_TO, world_size: int = 1) -> tuple[str | None, str]:
     """torch.compile's mode for ``train.compile`` (None: eager) and why, in a few words.
 
     ``auto``: eager on CPUs (measured on a 2-core machine: 1000 steps of the DT size took
     190 s compiled vs 115 s eager in bf16, 230 s vs 159 s in fp32); on CUDA, CUDA graphs
     for models up to ``wins_up_to`` parameters. ``true``/``default``: torch.compile's default
-    mode; ``reduce-overhead``: CUDA graphs (on a CPU it is the default mode); ``false``: eager."""
+    mode; ``reduce-overhead``: CUDA graphs (on a CPU it is the default mode); ``false``: eager.
+    ``auto`` leaves multi-worker (DDP) runs eager: what was measured is one worker."""
     if setting is False:
         return None, "eager"
     if setting is True or setting == "default":
@@ -65,6 +66,8 @@ def compile_mode(setting: bool | str, device_type: str, n_params: int,
         return None, "eager (compiled steps measured slower on CPUs)"
     if wins_up_to is None:
         return None, "eager (no GPU measurement yet: bench/gpu_check.sh measures where compiling wins)"
+    if world_size > 1:  # measured on one GPU; DDP's gradient hooks were not part of it
+        return None, "eager (compiling was measured for one worker, not for DDP)"
     if n_params <= wins_up_to:
         return "reduce-overhead", f"CUDA graphs ({n_params:,} parameters ≤ {wins_up_to:,}, where compiling was measured to win)"
     return None, f"eager ({n_params:,} parameters > {wins_up_to:,}, where compiling was measured to win)"

@@ -306,3 +306,32 @@ def test_gpu_share_auto_is_resolved_before_the_local_plan(tmp_path, capsys):
 
 
 TINY = "generated:hopper-medium?steps=3000"
+
+
+def test_resume_allows_keys_a_run_predates_and_a_moved_pretrain_spec():
+    from raydt.config import to_dict
+    from raydt.errors import RaydtError
+    from raydt.rundir import flatten
+    from raydt.train.driver import check_resume_changes
+    from tests.helpers import tiny_config
+
+    config = tiny_config("model.backbone=pretrain:/new/checkout/tune_specs/pretrain/chibit_quick.yaml")
+    before = flatten(to_dict(config))
+    del before["train.deterministic"]  # recorded before that key existed: it ran with the default
+    before["model.backbone"] = "pretrain:/old/checkout/tune_specs/pretrain/chibit_quick.yaml"
+    check_resume_changes(before, config, "run/config.resolved.yaml")
+    before["model.backbone"] = "pretrain:/old/checkout/tune_specs/pretrain/chibit_wiki.yaml"
+    with pytest.raises(RaydtError, match="model.backbone"):
+        check_resume_changes(before, config, "run/config.resolved.yaml")
+
+
+def test_eval_env_of_another_game_with_other_actions_is_refused():
+    from types import SimpleNamespace
+
+    from raydt.errors import ConfigError
+    from raydt.eval.saved import check_fits
+
+    pong = SimpleNamespace(args=SimpleNamespace(frame_stack=4, act_dim=6, obs_dim=0))
+    check_fits(pong, "ALE/Pong-v5", "--env")
+    with pytest.raises(ConfigError, match="--env ALE/Breakout-v5: the game has 4 actions, the model 6"):
+        check_fits(pong, "ALE/Breakout-v5", "--env")

@@ -125,7 +125,8 @@ def rollout(
                 ended[row] = terminated or truncated
             returns[ids] += reward
             lengths[ids] += 1
-            remaining[ids] -= (reward * reward_scale).astype(np_dtype)
+            # As the model's dtype computes it: the reward rounded first, then scaled.
+            remaining[ids] -= reward.astype(np_dtype) * np_dtype.type(reward_scale)
             if ended.any():  # compact: finished episodes leave the batch
                 ids = ids[~ended]
                 if len(ids) == 0:

@@ -32,8 +32,12 @@ def check_fits(model: Any, env_id: str, what: str) -> None:
     the shape the model was trained on."""
     args = model.args
     if args.frame_stack:
-        if game_from_env_id(env_id) is None:
+        game = game_from_env_id(env_id)
+        if game is None:
             raise ConfigError(f"{what} {env_id}: the model plays Atari from frames; give an ALE/<Game>-v5 id")
+        if game.num_actions != args.act_dim:
+            raise ConfigError(f"{what} {env_id}: the game has {game.num_actions} actions, the model {args.act_dim}; "
+                              "evaluate on the game the model was trained for")
         return
     task = task_from_env_id(env_id)
     if task is not None:

@@ -24,19 +24,30 @@ and the record describe another run."""
 def check_resume_changes(before: dict[str, Any], config: ExperimentConfig, where: Path | str) -> None:
     """Refuse, in one line, a resume whose config changes keys other than :data:`RESUMABLE_CHANGES`
     (``before``: the run's flattened ``config.resolved.yaml``)."""
-    from raydt.config import to_dict
+    from raydt.config import PRETRAIN_SCHEME, to_dict
 
     after = flatten(to_dict(config))
+    defaults = flatten(to_dict(ExperimentConfig()))
+
+    def same(key: str) -> bool:
+        old, new = before.get(key), after.get(key)
+        if key not in after:  # a key a newer raydt dropped
+            return True
+        if key not in before:  # a key added since the run started: it ran with the default
+            return new == defaults.get(key)
+        if key == "model.backbone" and all(str(v).startswith(PRETRAIN_SCHEME) for v in (old, new)):
+            return Path(str(old)[len(PRETRAIN_SCHEME):]).name == Path(str(new)[len(PRETRAIN_SCHEME):]).name  # a moved checkout
+        return old == new
+
     changed = [key for key in sorted(set(before) | set(after))
-               if before.get(key) != after.get(key) and not key.startswith(RESUMABLE_CHANGES)
-               and not (key in before and key not in after)]  # a key a newer raydt dropped
+               if not key.startswith(RESUMABLE_CHANGES) and not same(key)]
     if changed:
         shown = "; ".join(f"{key}: {before.get(key)!r} → {after.get(key)!r}" for key in changed[:4])
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         raise RaydtError(f"--resume: this config changes what {where} was trained with ({shown}{more}); a resumed "
-                         "run may change only its budget, evaluation, resources and trackers (train.steps, "
-                         "train.eval_every, eval.*, resources.*, log.*): drop the change, or start a new run with "
-                         "another --out")
+                         "run may change only its budget, evaluation, resources and trackers "
+                         f"({', '.join(k + '*' if k.endswith('.') else k for k in RESUMABLE_CHANGES)}): drop the "
+                         "change, or start a new run with another --out")
 
 
 def prepare_run_dir(run_dir: Path | str, resume: bool, overwrite: bool, config: ExperimentConfig | None = None) -> None:

@@ -301,7 +301,7 @@ class Trainer:
         self.objective.to(ctx.device)
         self._share_constants()  # on the device: NCCL carries only CUDA tensors
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.compile_mode, why = compile_mode(cfg.train.compile, ctx.device.type, n_params)
+        self.compile_mode, why = compile_mode(cfg.train.compile, ctx.device.type, n_params, world_size=ctx.world_size)
         """torch.compile's mode for the training forward, or None (eager)."""
         quiet(f"train.compile={str(cfg.train.compile).lower()}: {why}")
         self.module = self._wrap(text_in_use=cfg.loss.lambda2 > 0)

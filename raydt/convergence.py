@@ -24,8 +24,7 @@ import numpy as np
 
 from raydt.errors import DataError, RaydtError
 from raydt.figures import curves_figure, save_curves_figure
-from raydt.rundir import METRIC, Run, find_runs, group_runs
-from raydt.stats import readable
+from raydt.rundir import METRIC, Run, find_runs, group_runs, readable
 
 THRESHOLD = 2.0
 """Points of normalized score within which a curve counts as converged (Reid et al.)."""

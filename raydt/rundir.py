@@ -247,6 +247,17 @@ class Run:
         return (max(values), values[-1]) if values else (math.nan, math.nan)
 
 
+def readable(value: Any) -> str:
+    """A searched value as a reader wants it in a label: a pre-training spec by its name, a
+    backbone directory by its folder name."""
+    text = str(value)
+    if text.startswith("pretrain:"):
+        return "pretrain:" + Path(text[len("pretrain:"):]).stem
+    if text.startswith(("/", "~", "./")) and "://" not in text:
+        return Path(text).name
+    return text
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists become tuples so values can be grouped."""
     out: dict[str, Any] = {}

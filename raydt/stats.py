@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from raydt.errors import RaydtError
-from raydt.rundir import METRIC, SEED_KEY, Run, find_runs, group_runs
+from raydt.rundir import METRIC, SEED_KEY, Run, find_runs, group_runs, readable  # noqa: F401 (re-exported)
 
 TASK_KEY = "data.dataset"
 """The config key whose values are a sweep's tasks (the columns of a score matrix)."""
@@ -34,17 +34,6 @@ SCORES = ("final", "best", "converged_step")
 came within 2 points of its best (Reid et al.'s convergence, per run)."""
 STEP_AGGREGATES = ("iqm", "mean", "median")
 """Aggregates of convergence steps (an optimality gap has no meaning for them)."""
-
-
-def readable(value: Any) -> str:
-    """A searched value as a reader wants it in a label: a pre-training spec by its name, a
-    backbone directory by its folder name."""
-    text = str(value)
-    if text.startswith("pretrain:"):
-        return "pretrain:" + Path(text[len("pretrain:"):]).stem
-    if text.startswith(("/", "~", "./")) and "://" not in text:
-        return Path(text).name
-    return text
 
 
 def group_label(keys: Sequence[str], values: Sequence[Any]) -> str:

@@ -264,7 +264,7 @@ def test_python_api_page_runs_as_written(tmp_path, monkeypatch):
     assert run.evals["step"].tolist() == [4, 8, 12]
     assert namespace["best"] == run.evals[SCORE].max() and namespace["final"] == run.evals[SCORE].iloc[-1]
     assert seed1.config.train.seed == 1 and seed1.config.optim.lr == 3e-4  # the variant keeps the rest
-    assert namespace["plan"].num_trials == 4
+    assert namespace["plan"].num_trials == 6  # the quickstart: 2 backbones × 3 seeds
     report = namespace["sweep"].report().set_index("model.backbone")
     assert report["final_mean"].to_dict() == pytest.approx({"random": 42, chibit: 53})
     curves = namespace["curves"]

@@ -82,3 +82,15 @@ def free_bytes(device: Any) -> int:
     import psutil
 
     return int(psutil.virtual_memory().available)
+
+
+def require_free(need: int, device: Any, setting: str, holds: str, fix: str, available: int | None = None) -> None:
+    """Refuse, in one line naming ``setting`` and ``fix``, a run whose ``need`` bytes (a lower
+    bound: what ``holds`` alone takes) exceed the memory free on ``device`` (``available``
+    stands in for it in tests): before the allocation traceback or the OOM killer."""
+    from raydt.errors import ConfigError
+
+    available = free_bytes(device) if available is None else available
+    if need > available:
+        raise ConfigError(f"{setting} needs more than {need / 2**30:.1f} GiB for {holds}, and "
+                          f"{getattr(device, 'type', device)} has {available / 2**30:.1f} GiB free; {fix}")

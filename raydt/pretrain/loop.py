@@ -24,7 +24,7 @@ from torch import nn
 from raydt.config import to_dict, to_yaml
 from raydt.errors import ConfigError, RaydtError
 from raydt.fsutil import atomic_write_text
-from raydt.precision import free_bytes, optimizer_options, use_bf16
+from raydt.precision import optimizer_options, require_free, use_bf16
 from raydt.pretrain.config import CorpusConfig, PretrainConfig, PretrainOptimConfig
 from raydt.rundir import RunDir
 from raydt.seeding import seed_everything
@@ -320,10 +320,7 @@ def check_logits_fit(cfg: PretrainConfig, vocab: int, device: torch.device, avai
     values, one step's) exceed the memory free on ``device``: one line naming
     corpus.block_size, not the OOM killer after the model is built. A lower bound: a step
     needs more than this."""
-    need = cfg.train.batch_size * cfg.corpus.block_size * vocab * 4
-    available = free_bytes(device) if available is None else available
-    if need > available:
-        raise ConfigError(f"corpus.block_size={cfg.corpus.block_size} needs more than {need / 2**30:.1f} GiB for one "
-                          f"step's logits alone ({cfg.train.batch_size} blocks × {cfg.corpus.block_size} tokens × "
-                          f"{vocab:,} token ids), and {device.type} has {available / 2**30:.1f} GiB free; lower "
-                          "corpus.block_size or train.batch_size")
+    require_free(cfg.train.batch_size * cfg.corpus.block_size * vocab * 4, device,
+                 f"corpus.block_size={cfg.corpus.block_size}",
+                 f"one step's logits alone ({cfg.train.batch_size} blocks × {cfg.corpus.block_size} tokens × "
+                 f"{vocab:,} token ids)", "lower corpus.block_size or train.batch_size", available)

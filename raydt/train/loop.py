@@ -43,8 +43,8 @@ from raydt.model.dt import DecisionTransformer
 from raydt.precision import (  # noqa: F401 (re-exported)
     compile_mode,
     cpu_has_native_bf16,
-    free_bytes,
     optimizer_options,
+    require_free,
     use_bf16,
 )
 from raydt.prepare import RunData, build_run_model, describe, needs, resolve_run_data, run_tokenizer
@@ -142,14 +142,10 @@ def check_mask_fits(cfg: ExperimentConfig, world_size: int, device: torch.device
     rank's batch, which the backbone's attention reads) exceeds the memory free on ``device``:
     a one-line error naming data.context_length instead of an allocation traceback or the
     OOM killer. A lower bound: the run needs more than this."""
-    tokens = 3 * cfg.data.context_length
-    need = cfg.train.batch_size // max(world_size, 1) * tokens * tokens  # bytes, boolean
-    available = free_bytes(device) if available is None else available
-    if need > available:
-        raise ConfigError(f"data.context_length={cfg.data.context_length} needs more than {need / 2**30:.1f} GiB for "
-                          f"its attention masks alone ({cfg.train.batch_size // max(world_size, 1)} windows of "
-                          f"{tokens}×{tokens} tokens), and {device.type} has {available / 2**30:.1f} GiB free; "
-                          "lower data.context_length or train.batch_size")
+    tokens, windows = 3 * cfg.data.context_length, cfg.train.batch_size // max(world_size, 1)
+    require_free(windows * tokens * tokens, device, f"data.context_length={cfg.data.context_length}",  # bool masks
+                 f"its attention masks alone ({windows} windows of {tokens}×{tokens} tokens)",
+                 "lower data.context_length or train.batch_size", available)
 
 
 def out_of_memory(cfg: ExperimentConfig, exc: BaseException) -> RaydtError:
